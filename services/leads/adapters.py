@@ -1,0 +1,185 @@
+"""Storage of leads: tables, the repository (SQLAlchemy Core) and the unit of work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.shared.db import UTCDateTime
+from services.shared.errors import Aborted
+from services.shared.events import EventRecord
+from services.shared.schema import shared_tables
+from services.shared.uow import UnitOfWork
+
+from services.leads import messages
+from services.leads.domain import Lead, LeadNotFound, LeadStatus, StatusChange
+
+metadata = MetaData()
+shared = shared_tables(metadata, "leads")
+
+leads = Table(
+    "leads",
+    metadata,
+    Column("lead_id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("phone", String(20), nullable=False),
+    Column("email", String(254), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_leads_created", "created_at", "lead_id"),
+    Index("ix_leads_status_created", "status", "created_at", "lead_id"),
+)
+
+status_changes = Table(
+    "lead_status_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("lead_id", String(36), ForeignKey("leads.lead_id"), nullable=False),
+    Column("from_status", String(16), nullable=False),
+    Column("to_status", String(16), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Index("ix_lead_status_changes_lead", "lead_id", "id"),
+)
+
+
+class ConcurrentChange(Aborted):
+    """The row changed under a lock we held: never expected; retried as a conflict."""
+
+    reason = "CONCURRENT_CHANGE"
+
+
+def _lead(row: Row[Any]) -> Lead:
+    return Lead(
+        lead_id=row.lead_id,
+        name=row.name,
+        phone=row.phone,
+        email=row.email,
+        status=LeadStatus(row.status),
+        version=row.version,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _change(row: Row[Any]) -> StatusChange:
+    return StatusChange(
+        lead_id=row.lead_id,
+        from_status=LeadStatus(row.from_status),
+        to_status=LeadStatus(row.to_status),
+        actor=row.actor,
+        changed_at=row.changed_at,
+        idempotency_key=row.idempotency_key,
+        version=row.version,
+    )
+
+
+class SqlLeadRepository:
+    def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
+        self.conn = conn
+        self.postgres = postgres
+        # Every lead this unit of work loaded or added, for its events.
+        self.seen: dict[str, Lead] = {}
+
+    async def add(self, lead: Lead) -> None:
+        await self.conn.execute(
+            insert(leads).values(
+                lead_id=lead.lead_id, name=lead.name, phone=lead.phone, email=lead.email,
+                status=lead.status.value, version=lead.version, created_by=lead.created_by,
+                created_at=lead.created_at, updated_at=lead.updated_at,
+            )
+        )
+        self.seen[lead.lead_id] = lead
+
+    async def get(self, lead_id: str, *, for_update: bool = False) -> Lead:
+        found = await self.get_many([lead_id], for_update=for_update)
+        if lead_id not in found:
+            raise LeadNotFound(lead_id)
+        return found[lead_id]
+
+    async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]:
+        # Locking in id order keeps concurrent batches from deadlocking.
+        query = select(leads).where(leads.c.lead_id.in_(lead_ids)).order_by(leads.c.lead_id)
+        if for_update and self.postgres:
+            query = query.with_for_update()
+        found = {row.lead_id: _lead(row) for row in await self.conn.execute(query)}
+        self.seen.update(found)
+        return found
+
+    async def save(self, lead: Lead, change: StatusChange) -> None:
+        result = await self.conn.execute(
+            update(leads)
+            .where(leads.c.lead_id == lead.lead_id, leads.c.version == change.version - 1)
+            .values(status=lead.status.value, version=lead.version, updated_at=lead.updated_at)
+        )
+        if result.rowcount != 1:
+            raise ConcurrentChange(f"lead {lead.lead_id!r} changed while locked")
+        await self.conn.execute(
+            insert(status_changes).values(
+                lead_id=change.lead_id, from_status=change.from_status.value,
+                to_status=change.to_status.value, actor=change.actor,
+                changed_at=change.changed_at, idempotency_key=change.idempotency_key,
+                version=change.version,
+            )
+        )
+
+    async def list(
+        self, status: LeadStatus | None, after: list[object] | None, limit: int
+    ) -> list[Lead]:
+        """Newest first; `after` is the (created_at, lead_id) of the last lead served."""
+        query = select(leads)
+        if status is not None:
+            query = query.where(leads.c.status == status.value)
+        if after is not None:
+            query = query.where(tuple_(leads.c.created_at, leads.c.lead_id) < tuple_(*after))
+        query = query.order_by(leads.c.created_at.desc(), leads.c.lead_id.desc()).limit(limit)
+        return [_lead(row) for row in await self.conn.execute(query)]
+
+    async def list_changes(
+        self, lead_id: str, after: int | None, limit: int
+    ) -> list[tuple[int, StatusChange]]:
+        query = select(status_changes).where(status_changes.c.lead_id == lead_id)
+        if after is not None:
+            query = query.where(status_changes.c.id > after)
+        query = query.order_by(status_changes.c.id).limit(limit)
+        return [(row.id, _change(row)) for row in await self.conn.execute(query)]
+
+    async def exists(self, lead_id: str) -> bool:
+        query = select(leads.c.lead_id).where(leads.c.lead_id == lead_id)
+        return (await self.conn.execute(query)).first() is not None
+
+
+class SqlLeadsUnitOfWork(UnitOfWork):
+    def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
+        super().__init__(conn, runtime)
+        self.leads = SqlLeadRepository(conn, postgres=self.dialect == "postgresql")
+
+    def collect_events(self) -> list[EventRecord]:
+        return [
+            messages.event_record(event)
+            for lead in self.leads.seen.values()
+            for event in lead.pull_events()
+        ]

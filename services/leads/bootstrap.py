@@ -1,0 +1,27 @@
+"""Assembles the leads service from its parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm.leads.v1 import leads_pb2_grpc
+from services.shared.runtime import ServiceRuntime
+from services.shared.server import ServiceSpec
+
+from services.leads.adapters import SqlLeadsUnitOfWork, shared
+from services.leads.api import LeadsApi
+
+
+async def build(runtime: ServiceRuntime) -> LeadsApi:
+    return LeadsApi(runtime)
+
+
+SPEC = ServiceSpec(
+    name="leads",
+    service_name="crm.leads.v1.LeadsService",
+    tables=shared,
+    migrations=Path(__file__).parent / "migrations",
+    uow_class=SqlLeadsUnitOfWork,
+    build=build,
+    register=leads_pb2_grpc.add_LeadsServiceServicer_to_server,
+)

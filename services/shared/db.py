@@ -1,0 +1,196 @@
+"""Storage: one async SQLAlchemy engine per service, and transactions that retry.
+
+SQLite (the embedded default) runs in WAL mode; a write transaction starts with
+BEGIN IMMEDIATE and, inside one process, writers queue on a lock rather than
+spinning on SQLITE_BUSY. PostgreSQL runs through psycopg 3.
+
+A transaction that fails on a serialization conflict, a deadlock, a lock
+timeout or a dropped connection is run again with backoff and full jitter, as
+long as the caller's deadline allows; past it the caller gets UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from services.shared.errors import Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Budget for retrying a transaction when the caller set no deadline.
+DEFAULT_RETRY_BUDGET = 10.0
+_RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003",
+                        "08006", "08001", "08004"}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on PostgreSQL and SQLite alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            database = self.url.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=0, echo=echo,
+                connect_args={"timeout": 30},
+            )
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = create_async_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=5,
+                echo=echo,
+                connect_args={"connect_timeout": 5, "application_name": "closed-loop"},
+            )
+        # SQLite has one writer at a time; queue here instead of in busy-wait loops.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    def libpq_conninfo(self) -> str:
+        """The URL as psycopg takes it, for connections outside the pool (LISTEN)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        """A connection inside a transaction; committed by the caller, else rolled back."""
+        if self._write_lock is not None and write:
+            async with self._write_lock, self._connect(write) as conn:
+                yield conn
+        else:
+            async with self._connect(write) as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _connect(self, write: bool) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(crm_write=write)
+            await conn.begin()
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction():
+                    await conn.rollback()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let BEGIN below, not the driver, decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                       "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("crm_write", True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether running the transaction again may succeed."""
+    if isinstance(error, exc.TimeoutError | ConnectionError | OSError):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        original = error.orig
+        if isinstance(original, psycopg.Error):
+            state = original.sqlstate or ""
+            return state in _RETRYABLE_SQLSTATES or isinstance(original, psycopg.OperationalError)
+        if isinstance(original, sqlite3.OperationalError):
+            return "locked" in str(original) or "busy" in str(original)
+        return isinstance(error, exc.OperationalError | exc.InterfaceError)
+    return isinstance(error, psycopg.OperationalError)
+
+
+def backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+async def retrying(
+    work: Callable[[], Awaitable[T]],
+    *,
+    time_remaining: float | None,
+    what: str = "the database",
+) -> T:
+    """Run `work` until it succeeds, fails for good, or the deadline draws near.
+
+    Failures that `is_transient` recognizes are retried; when the deadline
+    leaves no room for another attempt they surface as UNAVAILABLE.
+    """
+    budget = DEFAULT_RETRY_BUDGET if time_remaining is None else time_remaining
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while True:
+        try:
+            async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                return await work()
+        except TimeoutError as error:
+            raise Unavailable(f"{what} did not answer in time", reason="DATABASE_UNAVAILABLE",
+                              retry_after=1.0) from error
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            delay = backoff(attempt)
+            if time.monotonic() + delay >= deadline - 0.005:
+                log.warning("giving up on %s", what, extra={"error": repr(error)[:300]})
+                raise Unavailable(f"{what} is unavailable", reason="DATABASE_UNAVAILABLE",
+                                  retry_after=1.0) from error
+            log.info("retrying after a transient failure", extra={"error": repr(error)[:300],
+                                                                   "attempt": attempt + 1})
+            attempt += 1
+            await asyncio.sleep(delay)

@@ -1,0 +1,343 @@
+"""Exactly one effect per idempotency key (after Stripe and the IETF draft).
+
+A key is scoped to its principal and RPC. The first call with a key runs; its
+final outcome (success or a final refusal) is stored in the same transaction
+as its effect, and a later call with the same key and the same request gets
+that outcome back, marked `idempotent-replayed: true`, for the TTL. The same
+key with a different request is IDEMPOTENCY_KEY_REUSED. Transient outcomes
+(UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED…) are not stored, so a retry runs
+again.
+
+Concurrent calls with one key: on PostgreSQL the first holds a transaction
+advisory lock on the key, and a second that arrives meanwhile is refused at
+once with ABORTED / IDEMPOTENCY_KEY_IN_USE (retry it shortly to get the
+outcome). On SQLite writes are serialized anyway, so the second waits for the
+first's commit and replays its outcome. A call whose external effect is still
+under way (a `pending` key, as when an SMS is being handed to the provider)
+is IDEMPOTENCY_KEY_IN_USE on either.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.shared import errors, status
+from services.shared.context import Call, current_call
+from services.shared.db import Database, retrying, utcnow
+from services.shared.schema import SharedTables
+
+REPLAYED = (("idempotent-replayed", "true"),)
+MAX_KEY_LENGTH = 255
+DONE, PENDING = "done", "pending"
+
+
+class KeyMissing(errors.InvalidArgument):
+    reason = "IDEMPOTENCY_KEY_MISSING"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "idempotency-key: this call changes state and needs an idempotency-key "
+            "(HTTP: Idempotency-Key)",
+            violations=[errors.FieldViolation("idempotency-key", "required on mutating calls")],
+        )
+
+
+class KeyInvalid(errors.InvalidArgument):
+    reason = "IDEMPOTENCY_KEY_INVALID"
+
+    def __init__(self) -> None:
+        description = f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"
+        super().__init__(
+            f"idempotency-key: {description}",
+            violations=[errors.FieldViolation("idempotency-key", description)],
+        )
+
+
+class KeyReused(errors.InvalidArgument):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "idempotency-key: this key was used with a different request; "
+            "use a new key for a new request",
+            violations=[errors.FieldViolation("idempotency-key", "already used for another request")],
+        )
+
+
+class KeyInUse(errors.Aborted):
+    reason = "IDEMPOTENCY_KEY_IN_USE"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a call with this idempotency key is still running; retry shortly for its outcome"
+        )
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(33 <= ord(c) <= 126 for c in key):
+        raise KeyInvalid()
+    return key
+
+
+def fingerprint(request: Message) -> str:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call answered: a response on success, else a google.rpc.Status."""
+
+    code: int
+    body: bytes
+
+    @classmethod
+    def success(cls, response: Message) -> Outcome:
+        return cls(0, response.SerializeToString())
+
+    @classmethod
+    def failure(cls, failed: status_pb2.Status) -> Outcome:
+        return cls(failed.code, failed.SerializeToString())
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A key whose call is still under way, and what it is creating."""
+
+    resource_id: str
+    created_at: datetime
+
+
+class IdempotencyStore:
+    def __init__(self, tables: SharedTables, *, ttl_seconds: int, postgres: bool) -> None:
+        self.keys = tables.idempotency_keys
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self.postgres = postgres
+        self._try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+    async def lock(self, conn: AsyncConnection, call: Call) -> None:
+        """Hold the key for this transaction, or refuse: another call holds it now."""
+        if not self.postgres:
+            return  # SQLite: this transaction is the only writer.
+        digest = hashlib.sha256(f"{call.principal}\0{call.method}\0{call.idempotency_key}".encode())
+        key = int.from_bytes(digest.digest()[:8], "big", signed=True)
+        if not (await conn.execute(self._try_lock, {"key": key})).scalar_one():
+            raise KeyInUse()
+
+    async def find(
+        self, conn: AsyncConnection, call: Call, request_fingerprint: str
+    ) -> Outcome | Pending | None:
+        """The stored outcome (or pending call) for this key, if it has not expired."""
+        k = self.keys.c
+        row = (
+            await conn.execute(
+                select(k.fingerprint, k.state, k.code, k.response, k.resource_id, k.created_at,
+                       k.expires_at)
+                .where(k.principal == call.principal, k.method == call.method,
+                       k.key == call.idempotency_key)
+            )
+        ).first()
+        if row is None or row.expires_at <= utcnow():
+            return None
+        if row.fingerprint != request_fingerprint:
+            raise KeyReused()
+        if row.state == PENDING:
+            return Pending(row.resource_id or "", row.created_at)
+        return Outcome(row.code, bytes(row.response))
+
+    async def save(
+        self,
+        conn: AsyncConnection,
+        call: Call,
+        request_fingerprint: str,
+        outcome: Outcome | Pending,
+    ) -> None:
+        """Store the key's outcome (or mark it pending), replacing an expired or pending row."""
+        k = self.keys.c
+        now = utcnow()
+        await conn.execute(
+            delete(self.keys).where(
+                k.principal == call.principal, k.method == call.method,
+                k.key == call.idempotency_key,
+            )
+        )
+        done = isinstance(outcome, Outcome)
+        await conn.execute(
+            insert(self.keys).values(
+                principal=call.principal,
+                method=call.method,
+                key=call.idempotency_key,
+                fingerprint=request_fingerprint,
+                state=DONE if done else PENDING,
+                code=outcome.code if isinstance(outcome, Outcome) else 0,
+                response=outcome.body if isinstance(outcome, Outcome) else b"",
+                resource_id=None if isinstance(outcome, Outcome) else outcome.resource_id,
+                created_at=now,
+                expires_at=now + self.ttl,
+            )
+        )
+
+    async def purge(self, conn: AsyncConnection, *, limit: int = 1000) -> int:
+        """Delete up to `limit` expired keys; returns how many. Pending keys stay."""
+        k = self.keys.c
+        expired = (
+            select(k.principal, k.method, k.key)
+            .where(k.expires_at < utcnow(), k.state == DONE)
+            .limit(limit)
+        )
+        rows = (await conn.execute(expired)).all()
+        for row in rows:
+            await conn.execute(
+                delete(self.keys).where(
+                    k.principal == row.principal, k.method == row.method, k.key == row.key
+                )
+            )
+        return len(rows)
+
+    async def extend(self, conn: AsyncConnection, call: Call) -> None:
+        """Keep a pending key from expiring while its call is under way."""
+        k = self.keys.c
+        await conn.execute(
+            update(self.keys)
+            .where(k.principal == call.principal, k.method == call.method,
+                   k.key == call.idempotency_key)
+            .values(expires_at=utcnow() + self.ttl)
+        )
+
+
+class Runtime(Protocol):
+    """What the handler wrappers need from a service."""
+
+    db: Database
+    idempotency: IdempotencyStore
+    domain: str
+
+    def unit_of_work(self, conn: AsyncConnection) -> Any: ...
+
+    def on_replay(self, call: Call) -> None: ...
+
+
+class Servicer(Protocol):
+    runtime: Runtime
+
+
+S = TypeVar("S", bound=Servicer)
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+P = ParamSpec("P")
+Handler = Callable[[S, Req, grpc.aio.ServicerContext, Any], Awaitable[Resp]]
+
+
+def reads(
+    method: Callable[[S, Req, grpc.aio.ServicerContext, Any], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    """Run a read-only handler in a read transaction, retried on transient failures."""
+
+    @functools.wraps(method)
+    async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        runtime = self.runtime
+
+        async def attempt() -> Resp:
+            async with runtime.db.transaction(write=False) as conn:
+                return await method(self, request, context, runtime.unit_of_work(conn))
+
+        return await retrying(attempt, time_remaining=context.time_remaining())
+
+    return handler
+
+
+def idempotent(
+    method: Callable[[S, Req, grpc.aio.ServicerContext, Any], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    """Run a mutating handler once per idempotency key.
+
+    The handler gets a unit of work inside a write transaction; the key is
+    claimed in that transaction, and the outcome stored in it just before the
+    unit of work commits. A final refusal rolls the effect back and stores the
+    refusal instead.
+    """
+    response_class: list[type[Message]] = []
+
+    @functools.wraps(method)
+    async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        runtime = self.runtime
+        call = current_call()
+        request_fingerprint = fingerprint(request)
+        fresh: list[Message] = []
+
+        async def attempt() -> tuple[Outcome, bool]:
+            fresh.clear()
+            async with runtime.db.transaction(write=True) as conn:
+                await runtime.idempotency.lock(conn, call)
+                found = await runtime.idempotency.find(conn, call, request_fingerprint)
+                if isinstance(found, Pending):
+                    raise KeyInUse()
+                if found is not None:
+                    return found, True
+                uow = runtime.unit_of_work(conn)
+                try:
+                    response = await method(self, request, context, uow)
+                except errors.DomainError as error:
+                    refusal = status.to_status(error, runtime.domain)
+                    if not status.is_final(refusal):
+                        raise
+                    return await _store_refusal(runtime, conn, call, request_fingerprint, refusal)
+                outcome = Outcome.success(response)
+                await runtime.idempotency.save(conn, call, request_fingerprint, outcome)
+                await uow.commit()
+                fresh.append(response)
+                return outcome, False
+
+        outcome, replayed = await retrying(attempt, time_remaining=context.time_remaining())
+        if replayed:
+            runtime.on_replay(call)
+            await context.send_initial_metadata(REPLAYED)
+        if outcome.code != 0:
+            await status.abort(context, status_pb2.Status.FromString(outcome.body))
+        if fresh:
+            return fresh[0]  # type: ignore[return-value]
+        if not response_class:
+            response_class.append(_response_class(call))
+        return response_class[0].FromString(outcome.body)  # type: ignore[return-value]
+
+    handler.__idempotent__ = True  # type: ignore[attr-defined]
+    return handler
+
+
+async def _store_refusal(
+    runtime: Runtime,
+    conn: AsyncConnection,
+    call: Call,
+    request_fingerprint: str,
+    refusal: status_pb2.Status,
+) -> tuple[Outcome, bool]:
+    """Undo whatever the refused call wrote, then store the refusal under its key."""
+    await conn.rollback()
+    await conn.begin()
+    await runtime.idempotency.lock(conn, call)
+    found = await runtime.idempotency.find(conn, call, request_fingerprint)
+    if isinstance(found, Outcome):
+        return found, True
+    if isinstance(found, Pending):
+        raise KeyInUse()
+    outcome = Outcome.failure(refusal)
+    await runtime.idempotency.save(conn, call, request_fingerprint, outcome)
+    await conn.commit()
+    return outcome, False
+
+
+def _response_class(call: Call) -> type[Message]:
+    from google.protobuf import descriptor_pool, message_factory
+
+    method = descriptor_pool.Default().FindMethodByName(call.method.strip("/").replace("/", "."))
+    return message_factory.GetMessageClass(method.output_type)

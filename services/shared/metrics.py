@@ -1,0 +1,32 @@
+"""Prometheus metrics of every server, labelled by service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RPCS = Counter(
+    "crm_rpc_requests_total", "RPCs served, by outcome.", ["service", "method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "crm_rpc_duration_seconds",
+    "Time to serve an RPC (for streams: the stream's life).",
+    ["service", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REPLAYS = Counter(
+    "crm_idempotent_replays_total", "Calls answered from a stored outcome.", ["service", "method"]
+)
+EVENTS_WRITTEN = Counter("crm_events_written_total", "Events appended to the log.", ["service"])
+EVENTS_DELIVERED = Counter(
+    "crm_events_delivered_total", "Events sent to subscribers (bookmarks excluded).", ["service"]
+)
+SUBSCRIBERS = Gauge("crm_subscribers", "Open Subscribe streams.", ["service"])
+BREAKER_STATE = Gauge(
+    "crm_sms_breaker_state", "The SMS provider's breaker: 0 closed, 1 open, 2 half-open."
+)
+BREAKER_TRANSITIONS = Counter(
+    "crm_sms_breaker_transitions_total", "Breaker state changes, by new state.", ["state"]
+)
+SMS_SENDS = Counter(
+    "crm_sms_provider_calls_total", "Calls to the SMS provider, by result.", ["result"]
+)

@@ -1,0 +1,51 @@
+"""Page sizes and page tokens for every List RPC.
+
+A page token is opaque to clients: base64url of JSON holding the sort key of
+the last item served and a digest of the query, so a token is refused
+(INVALID_ARGUMENT on `page_token`) if the filters changed between pages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from services.shared.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+def page_size(requested: int) -> int:
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= requested <= MAX_PAGE_SIZE:
+        raise InvalidArgument.field("page_size", f"must be 0 (default {DEFAULT_PAGE_SIZE}) "
+                                                 f"or 1 to {MAX_PAGE_SIZE}")
+    return requested
+
+
+def _scope(query: Any) -> str:
+    return hashlib.sha256(json.dumps(query, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def encode(after: list[Any], query: Any) -> str:
+    raw = json.dumps({"a": after, "q": _scope(query)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode(token: str, query: Any) -> list[Any] | None:
+    """The sort key to continue after, or None for the first page."""
+    if not token:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after, scope = raw["a"], raw["q"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidArgument.field("page_token", "not a page token of this list") from None
+    if scope != _scope(query) or not isinstance(after, list):
+        raise InvalidArgument.field("page_token", "was issued for a different query")
+    return after
