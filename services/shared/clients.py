@@ -91,6 +91,11 @@ class _StreamToken(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
         return await continuation(_with_token(details, self._header), request)
 
 
+def _merged(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The defaults, with the caller's options replacing those of the same name."""
+    return list({**dict(CHANNEL_OPTIONS), **dict(options)}.items())
+
+
 def open_channel(
     target: str,
     *,
@@ -100,7 +105,7 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel with the token, the retry policy and default deadlines."""
     interceptors = [_UnaryToken(token), _StreamToken(token)] if token else None
-    all_options = [*CHANNEL_OPTIONS, *options]
+    all_options = _merged(options)
     if tls_ca is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
         return grpc.aio.secure_channel(target, credentials, all_options, interceptors=interceptors)
@@ -144,7 +149,7 @@ def open_sync_channel(
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """The same, for code that uses the blocking stubs."""
-    all_options = [*CHANNEL_OPTIONS, *options]
+    all_options = _merged(options)
     if tls_ca is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
         channel = grpc.secure_channel(target, credentials, all_options)

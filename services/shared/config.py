@@ -112,6 +112,7 @@ class Settings:
     idempotency_ttl: int = 86400
     event_retention: int = 7 * 86400
     heartbeat_seconds: float = 15.0
+    event_ring_size: int = 4096
     shutdown_grace: float = 10.0
     shutdown_drain: float = 1.0
     housekeeping_seconds: float = 60.0
@@ -151,6 +152,7 @@ class Settings:
                 "CRM_EVENT_RETENTION_SECONDS", integer(60, 365 * 86400), 7 * 86400
             ),
             heartbeat_seconds=env.get("CRM_HEARTBEAT_SECONDS", number(0.05, 300), 15.0),
+            event_ring_size=env.get("CRM_EVENT_RING_SIZE", integer(1, 1_000_000), 4096),
             shutdown_grace=env.get("CRM_SHUTDOWN_GRACE_SECONDS", number(0, 300), 10.0),
             shutdown_drain=env.get("CRM_SHUTDOWN_DRAIN_SECONDS", number(0, 60), 1.0),
             housekeeping_seconds=env.get("CRM_HOUSEKEEPING_SECONDS", number(0.05, 86400), 60.0),

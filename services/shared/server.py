@@ -109,7 +109,7 @@ async def start(
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     await migrations.upgrade(db, spec.name, spec.migrations)
     event_log = EventLog(spec.tables, channel=f"{spec.name}_events", postgres=not db.is_sqlite)
-    feed = EventFeed(db, event_log)
+    feed = EventFeed(db, event_log, ring_size=settings.event_ring_size)
     await feed.start()
     runtime = ServiceRuntime(
         name=spec.name,

@@ -1,0 +1,87 @@
+"""Fixtures for the whole suite.
+
+Tests that touch storage take `database_url`, which runs them once on SQLite
+and once on PostgreSQL (a fresh database each time). With CI=true PostgreSQL
+must answer; elsewhere its runs are skipped, with the reason, when it does not.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import databases
+
+_postgres: databases.PostgresDatabases | None = None
+_postgres_checked: bool | None = None
+
+
+def _postgres_available() -> bool:
+    global _postgres_checked
+    if _postgres_checked is None:
+        _postgres_checked = databases.postgres_answers()
+        if not _postgres_checked and databases.REQUIRED:
+            pytest.exit("CI=true but PostgreSQL does not answer at " + databases.ADMIN_URL, 3)
+    return _postgres_checked
+
+
+def _postgres_databases() -> databases.PostgresDatabases:
+    global _postgres
+    if _postgres is None:
+        _postgres = databases.PostgresDatabases()
+    return _postgres
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _postgres is not None:
+        _postgres.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql" and not _postgres_available():
+        pytest.skip("PostgreSQL does not answer (set CI=true to require it)")
+    if request.param == "sqlite" and request.node.get_closest_marker("postgres_only"):
+        pytest.skip("needs PostgreSQL: several processes on one database")
+    return str(request.param)
+
+
+@pytest.fixture
+def new_database(backend: str, tmp_path: Path) -> Callable[[str], str]:
+    """Makes fresh databases of the test's backend, by name."""
+
+    def make(name: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}"
+        return _postgres_databases().create()
+
+    return make
+
+
+@pytest.fixture
+def database_url(new_database: Callable[[str], str]) -> str:
+    return new_database("main")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh PostgreSQL database, for tests that only make sense there."""
+    if not _postgres_available():
+        pytest.skip("PostgreSQL does not answer (set CI=true to require it)")
+    return _postgres_databases().create()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Unique names, so tests never depend on each other's data."""
+    return lambda prefix="": f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def artifacts() -> Iterator[Path]:
+    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    yield path

@@ -1,0 +1,71 @@
+"""Servers and clients for integration tests: real gRPC servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crm.leads.v1 import leads_pb2 as leads_pb
+from crm.leads.v1 import leads_pb2_grpc
+from services.leads.bootstrap import SPEC as LEADS
+from services.shared.clients import idempotency, new_key, open_channel
+from services.shared.server import RunningService
+from tests.support.servers import TOKENS, environment, start_in_process
+
+
+@pytest.fixture
+def service_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return environment(database_url, tmp_path)
+
+
+@pytest.fixture
+async def leads_server(service_env: dict[str, str]) -> AsyncIterator[RunningService]:
+    running = await start_in_process(LEADS, service_env)
+    yield running
+    await running.stop(grace=1, drain=0)
+
+
+@pytest.fixture
+async def channel_for() -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
+    """Opens channels (closed at the end) to a target as a principal of TOKENS."""
+    opened: list[grpc.aio.Channel] = []
+
+    def open_as(target: str, who: str = "alice", *, retries: bool = True) -> grpc.aio.Channel:
+        options = [] if retries else [("grpc.enable_retries", 0)]
+        channel = open_channel(target, token=TOKENS[who], options=options)
+        opened.append(channel)
+        return channel
+
+    yield open_as
+    for channel in opened:
+        await channel.close()
+
+
+@pytest.fixture
+def leads(
+    leads_server: RunningService, channel_for: Callable[[str, str], grpc.aio.Channel]
+) -> leads_pb2_grpc.LeadsServiceStub:
+    return leads_pb2_grpc.LeadsServiceStub(channel_for(leads_server.target, "alice"))
+
+
+async def create_lead(
+    stub: leads_pb2_grpc.LeadsServiceStub, name: str = "Ada Lovelace",
+    phone: str = "+14155550123", key: str | None = None,
+) -> leads_pb.Lead:
+    return await stub.CreateLead(
+        leads_pb.CreateLeadRequest(name=name, phone=phone, email="ada@example.com"),
+        metadata=idempotency(key or new_key()),
+    )
+
+
+async def move(
+    stub: leads_pb2_grpc.LeadsServiceStub, lead_id: str, status: int, key: str | None = None,
+    **fields: int,
+) -> leads_pb.Lead:
+    return await stub.UpdateLeadStatus(
+        leads_pb.UpdateLeadStatusRequest(lead_id=lead_id, status=status, **fields),  # type: ignore[arg-type]
+        metadata=idempotency(key or new_key()),
+    )

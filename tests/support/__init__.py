@@ -1,0 +1,1 @@
+"""Test support: databases, servers in process and as processes, test doubles."""
