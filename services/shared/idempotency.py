@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -234,8 +234,6 @@ class Servicer(Protocol):
 S = TypeVar("S", bound=Servicer)
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
-P = ParamSpec("P")
-Handler = Callable[[S, Req, grpc.aio.ServicerContext, Any], Awaitable[Resp]]
 
 
 def reads(
@@ -257,23 +255,37 @@ def reads(
 
 
 def idempotent(
-    method: Callable[[S, Req, grpc.aio.ServicerContext, Any], Awaitable[Resp]],
-) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    method: Callable[..., Awaitable[Resp]] | None = None,
+    /,
+    *,
+    prepare: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]] | None = None,
+) -> Any:
     """Run a mutating handler once per idempotency key.
 
     The handler gets a unit of work inside a write transaction; the key is
     claimed in that transaction, and the outcome stored in it just before the
     unit of work commits. A final refusal rolls the effect back and stores the
     refusal instead.
+
+    `prepare(self, request, context)`, if given, runs first and outside any
+    transaction (for calls to other services); its result is passed to the
+    handler as a fifth argument. A stored outcome is replayed before it runs,
+    so a replay never depends on another service being up, and a final
+    refusal from it is stored like any other.
     """
+    if method is None:
+        return lambda m: idempotent(m, prepare=prepare)
+    handler_method = method
     response_class: list[type[Message]] = []
 
-    @functools.wraps(method)
-    async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        runtime = self.runtime
+    @functools.wraps(handler_method)
+    async def handler(self: Any, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        runtime: Runtime = self.runtime
         call = current_call()
         request_fingerprint = fingerprint(request)
+        time_remaining = context.time_remaining()
         fresh: list[Message] = []
+        extra: tuple[Any, ...] = ()
 
         async def attempt() -> tuple[Outcome, bool]:
             fresh.clear()
@@ -286,7 +298,7 @@ def idempotent(
                     return found, True
                 uow = runtime.unit_of_work(conn)
                 try:
-                    response = await method(self, request, context, uow)
+                    response = await handler_method(self, request, context, uow, *extra)
                 except errors.DomainError as error:
                     refusal = status.to_status(error, runtime.domain)
                     if not status.is_final(refusal):
@@ -298,20 +310,57 @@ def idempotent(
                 fresh.append(response)
                 return outcome, False
 
-        outcome, replayed = await retrying(attempt, time_remaining=context.time_remaining())
+        outcome: Outcome | None = None
+        replayed = False
+        if prepare is not None:
+            stored = await retrying(
+                lambda: _stored_outcome(runtime, call, request_fingerprint),
+                time_remaining=time_remaining,
+            )
+            if stored is not None:
+                outcome, replayed = stored, True
+            else:
+                try:
+                    extra = (await prepare(self, request, context),)
+                except errors.DomainError as error:
+                    refusal = status.to_status(error, runtime.domain)
+                    if not status.is_final(refusal):
+                        raise
+                    outcome, replayed = await retrying(
+                        lambda: _refuse(runtime, call, request_fingerprint, refusal),
+                        time_remaining=context.time_remaining(),
+                    )
+        if outcome is None:
+            outcome, replayed = await retrying(attempt, time_remaining=context.time_remaining())
         if replayed:
             runtime.on_replay(call)
             await context.send_initial_metadata(REPLAYED)
         if outcome.code != 0:
             await status.abort(context, status_pb2.Status.FromString(outcome.body))
         if fresh:
-            return fresh[0]  # type: ignore[return-value]
+            return fresh[0]
         if not response_class:
             response_class.append(_response_class(call))
-        return response_class[0].FromString(outcome.body)  # type: ignore[return-value]
+        return response_class[0].FromString(outcome.body)
 
     handler.__idempotent__ = True  # type: ignore[attr-defined]
     return handler
+
+
+async def _stored_outcome(runtime: Runtime, call: Call, request_fingerprint: str) -> Outcome | None:
+    """A stored outcome of this key, read without taking the key."""
+    async with runtime.db.transaction(write=False) as conn:
+        found = await runtime.idempotency.find(conn, call, request_fingerprint)
+    if isinstance(found, Pending):
+        raise KeyInUse()
+    return found
+
+
+async def _refuse(
+    runtime: Runtime, call: Call, request_fingerprint: str, refusal: status_pb2.Status
+) -> tuple[Outcome, bool]:
+    async with runtime.db.transaction(write=True) as conn:
+        return await _store_refusal(runtime, conn, call, request_fingerprint, refusal)
 
 
 async def _store_refusal(
@@ -322,7 +371,8 @@ async def _store_refusal(
     refusal: status_pb2.Status,
 ) -> tuple[Outcome, bool]:
     """Undo whatever the refused call wrote, then store the refusal under its key."""
-    await conn.rollback()
+    if conn.in_transaction():
+        await conn.rollback()
     await conn.begin()
     await runtime.idempotency.lock(conn, call)
     found = await runtime.idempotency.find(conn, call, request_fingerprint)
