@@ -1,0 +1,2 @@
+"""The messaging service: SMS to leads through a provider behind a circuit breaker
+(crm.messaging.v1)."""
