@@ -123,6 +123,8 @@ class Settings:
     tls: TLS = TLS(None, None, None)
     public_url: str = "http://127.0.0.1:8080"
     log_level: str = "INFO"
+    # Everything it was read from, for a service's own settings.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -163,6 +165,7 @@ class Settings:
             tls=tls,
             public_url=env.str("CRM_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             log_level=env.get("CRM_LOG_LEVEL", log_level, "INFO"),
+            environ=dict(env.environ),
         )
 
 

@@ -27,9 +27,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.shared import errors, status
@@ -112,10 +113,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Pending:
-    """A key whose call is still under way, and what it is creating."""
+    """A key whose call is under way, what it is creating, and until when the
+    call holds it (its lease); past the lease, a retry may take the call over."""
 
     resource_id: str
     created_at: datetime
+    lease_until: datetime
+    fingerprint: str = ""
+
+    def expired(self, now: datetime) -> bool:
+        return self.lease_until <= now
 
 
 class IdempotencyStore:
@@ -135,9 +142,11 @@ class IdempotencyStore:
             raise KeyInUse()
 
     async def find(
-        self, conn: AsyncConnection, call: Call, request_fingerprint: str
+        self, conn: AsyncConnection, call: Call, request_fingerprint: str | None
     ) -> Outcome | Pending | None:
-        """The stored outcome (or pending call) for this key, if it has not expired."""
+        """The stored outcome for this key unless expired, or its pending call.
+
+        With a fingerprint, a key stored for another request is KeyReused."""
         k = self.keys.c
         row = (
             await conn.execute(
@@ -147,12 +156,12 @@ class IdempotencyStore:
                        k.key == call.idempotency_key)
             )
         ).first()
-        if row is None or row.expires_at <= utcnow():
+        if row is None or (row.state == DONE and row.expires_at <= utcnow()):
             return None
-        if row.fingerprint != request_fingerprint:
+        if request_fingerprint is not None and row.fingerprint != request_fingerprint:
             raise KeyReused()
         if row.state == PENDING:
-            return Pending(row.resource_id or "", row.created_at)
+            return Pending(row.resource_id or "", row.created_at, row.expires_at, row.fingerprint)
         return Outcome(row.code, bytes(row.response))
 
     async def save(
@@ -162,9 +171,11 @@ class IdempotencyStore:
         request_fingerprint: str,
         outcome: Outcome | Pending,
     ) -> None:
-        """Store the key's outcome (or mark it pending), replacing an expired or pending row."""
+        """Store the key's outcome, or mark it pending until the lease's end;
+        replaces an expired or pending row."""
         k = self.keys.c
         now = utcnow()
+        expires_at = outcome.lease_until if isinstance(outcome, Pending) else now + self.ttl
         await conn.execute(
             delete(self.keys).where(
                 k.principal == call.principal, k.method == call.method,
@@ -183,7 +194,7 @@ class IdempotencyStore:
                 response=outcome.body if isinstance(outcome, Outcome) else b"",
                 resource_id=None if isinstance(outcome, Outcome) else outcome.resource_id,
                 created_at=now,
-                expires_at=now + self.ttl,
+                expires_at=expires_at,
             )
         )
 
@@ -204,15 +215,29 @@ class IdempotencyStore:
             )
         return len(rows)
 
-    async def extend(self, conn: AsyncConnection, call: Call) -> None:
-        """Keep a pending key from expiring while its call is under way."""
+    async def forget(self, conn: AsyncConnection, call: Call) -> None:
+        """Drop the key: its call was abandoned and had no effect."""
         k = self.keys.c
         await conn.execute(
-            update(self.keys)
-            .where(k.principal == call.principal, k.method == call.method,
-                   k.key == call.idempotency_key)
-            .values(expires_at=utcnow() + self.ttl)
+            delete(self.keys).where(k.principal == call.principal, k.method == call.method,
+                                    k.key == call.idempotency_key)
         )
+
+    async def pending(self, conn: AsyncConnection, *, lease_ended_before: datetime,
+                      limit: int = 100) -> list[tuple[Call, str]]:
+        """Pending keys whose lease ended before the given time: (call, resource id)."""
+        k = self.keys.c
+        rows = await conn.execute(
+            select(k.principal, k.method, k.key, k.resource_id)
+            .where(k.state == PENDING, k.expires_at < lease_ended_before)
+            .order_by(k.expires_at)
+            .limit(limit)
+        )
+        return [
+            (Call(service="", method=row.method, request_id="recovery", principal=row.principal,
+                  idempotency_key=row.key), row.resource_id or "")
+            for row in rows
+        ]
 
 
 class Runtime(Protocol):
@@ -276,7 +301,6 @@ def idempotent(
     if method is None:
         return lambda m: idempotent(m, prepare=prepare)
     handler_method = method
-    response_class: list[type[Message]] = []
 
     @functools.wraps(handler_method)
     async def handler(self: Any, request: Message, context: grpc.aio.ServicerContext) -> Message:
@@ -323,28 +347,44 @@ def idempotent(
                 try:
                     extra = (await prepare(self, request, context),)
                 except errors.DomainError as error:
-                    refusal = status.to_status(error, runtime.domain)
-                    if not status.is_final(refusal):
-                        raise
-                    outcome, replayed = await retrying(
-                        lambda: _refuse(runtime, call, request_fingerprint, refusal),
+                    outcome, replayed = await store_refusal(
+                        runtime, call, request_fingerprint, error,
                         time_remaining=context.time_remaining(),
                     )
         if outcome is None:
             outcome, replayed = await retrying(attempt, time_remaining=context.time_remaining())
-        if replayed:
-            runtime.on_replay(call)
-            await context.send_initial_metadata(REPLAYED)
-        if outcome.code != 0:
-            await status.abort(context, status_pb2.Status.FromString(outcome.body))
         if fresh:
             return fresh[0]
-        if not response_class:
-            response_class.append(_response_class(call))
-        return response_class[0].FromString(outcome.body)
+        return await answer(context, runtime, call, outcome, replayed=replayed)
 
     handler.__idempotent__ = True  # type: ignore[attr-defined]
     return handler
+
+
+async def store_refusal(
+    runtime: Runtime, call: Call, request_fingerprint: str, error: errors.DomainError,
+    *, time_remaining: float | None,
+) -> tuple[Outcome, bool]:
+    """Store a final refusal under the key in a transaction of its own (or find the
+    outcome another call stored meanwhile). A transient refusal is raised instead."""
+    refusal = status.to_status(error, runtime.domain)
+    if not status.is_final(refusal):
+        raise error
+    return await retrying(lambda: _refuse(runtime, call, request_fingerprint, refusal),
+                          time_remaining=time_remaining)
+
+
+async def answer(
+    context: grpc.aio.ServicerContext, runtime: Runtime, call: Call, outcome: Outcome,
+    *, replayed: bool,
+) -> Message:
+    """Send an outcome: the response, or the stored refusal; marked if replayed."""
+    if replayed:
+        runtime.on_replay(call)
+        await context.send_initial_metadata(REPLAYED)
+    if outcome.code != 0:
+        await status.abort(context, status_pb2.Status.FromString(outcome.body))
+    return _response_class(call).FromString(outcome.body)
 
 
 async def _stored_outcome(runtime: Runtime, call: Call, request_fingerprint: str) -> Outcome | None:
@@ -387,7 +427,10 @@ async def _store_refusal(
 
 
 def _response_class(call: Call) -> type[Message]:
-    from google.protobuf import descriptor_pool, message_factory
+    return _response_class_of(call.method)
 
-    method = descriptor_pool.Default().FindMethodByName(call.method.strip("/").replace("/", "."))
-    return message_factory.GetMessageClass(method.output_type)
+
+@functools.cache
+def _response_class_of(method: str) -> type[Message]:
+    found = descriptor_pool.Default().FindMethodByName(method.strip("/").replace("/", "."))
+    return message_factory.GetMessageClass(found.output_type)

@@ -1,0 +1,60 @@
+"""Asking the leads service about a lead, for the services that need one.
+
+A lead that does not exist is a final refusal (NOT_FOUND / LEAD_NOT_FOUND,
+stored under the caller's idempotency key); a leads service that does not
+answer is transient (UNAVAILABLE / LEADS_UNAVAILABLE, never INTERNAL), so the
+caller's retry runs again. The channel's service config already retries
+UNAVAILABLE with backoff within the deadline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from crm.leads.v1 import leads_pb2, leads_pb2_grpc
+from services.shared import errors
+from services.shared.context import maybe_call
+
+
+class LeadNotFound(errors.NotFound):
+    reason = "LEAD_NOT_FOUND"
+
+    def __init__(self, lead_id: str) -> None:
+        super().__init__(f"lead {lead_id!r} does not exist", metadata={"lead_id": lead_id})
+
+
+class LeadsUnavailable(errors.Unavailable):
+    reason = "LEADS_UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class LeadContact:
+    lead_id: str
+    name: str
+    phone: str
+
+
+class LeadLookup:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._leads = leads_pb2_grpc.LeadsServiceStub(channel)
+
+    async def get(self, lead_id: str, *, timeout: float | None) -> LeadContact:
+        if not lead_id:
+            raise errors.InvalidArgument.field("lead_id", "is required")
+        call = maybe_call()
+        metadata = (("x-request-id", call.request_id),) if call else ()
+        try:
+            lead = await self._leads.GetLead(
+                leads_pb2.GetLeadRequest(lead_id=lead_id), timeout=timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                raise LeadNotFound(lead_id) from None
+            if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                raise errors.InvalidArgument.field("lead_id", str(error.details())) from None
+            raise LeadsUnavailable(
+                f"the leads service could not answer ({error.code().name})", retry_after=1.0
+            ) from error
+        return LeadContact(lead.lead_id, lead.name, lead.phone)
