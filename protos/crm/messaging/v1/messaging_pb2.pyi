@@ -189,16 +189,18 @@ class ReceiveInboundMessageResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., consent: _Optional[_Union[ReceiveInboundMessageResponse.Consent, str]] = ...) -> None: ...
 
 class RecordDeliveryStatusRequest(_message.Message):
-    __slots__ = ("provider_message_id", "provider_status", "error_code", "error_message")
+    __slots__ = ("provider_message_id", "provider_status", "error_code", "error_message", "message_id")
     PROVIDER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     provider_message_id: str
     provider_status: str
     error_code: int
     error_message: str
-    def __init__(self, provider_message_id: _Optional[str] = ..., provider_status: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    message_id: str
+    def __init__(self, provider_message_id: _Optional[str] = ..., provider_status: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., message_id: _Optional[str] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("after_cursor", "lead_ids", "types")
