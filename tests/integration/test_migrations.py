@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from services.leads.adapters import metadata as leads_metadata
 from services.leads.bootstrap import SPEC as LEADS
+from services.messaging.adapters import metadata as messaging_metadata
+from services.messaging.bootstrap import SPEC as MESSAGING
 from services.shared import migrations
 from services.shared.config import normalize_database_url
 from services.shared.db import Database
@@ -36,15 +39,24 @@ async def test_replicas_migrating_at_once_all_succeed_and_migrate_once(database_
             await db.dispose()
 
 
-async def test_the_migrated_schema_is_exactly_what_the_code_uses(database_url: str) -> None:
+SCHEMAS = {"leads": (LEADS, leads_metadata), "messaging": (MESSAGING, messaging_metadata)}
+
+
+@pytest.mark.parametrize("service", sorted(SCHEMAS))
+async def test_the_migrated_schema_is_exactly_what_the_code_uses(
+    database_url: str, service: str
+) -> None:
+    spec, metadata = SCHEMAS[service]
     db = Database(database_url, pool_size=1)
     try:
-        await migrations.upgrade(db, "leads", LEADS.migrations)
+        await migrations.upgrade(db, service, spec.migrations)
         async with db.engine.connect() as conn:
             diff = await conn.run_sync(
                 lambda sync: compare_metadata(
-                    MigrationContext.configure(sync, opts={"compare_type": True, "version_table": migrations.version_table("leads")}),
-                    leads_metadata,
+                    MigrationContext.configure(
+                        sync, opts={"compare_type": True,
+                                    "version_table": migrations.version_table(service)}),
+                    metadata,
                 )
             )
         assert diff == []

@@ -36,6 +36,8 @@ Failures on command, from Python or, for a client in another process, from
     fail(429, retry_after=3)     … 429 with `Retry-After: 3`
     slow(2.5, times=None)        every request answers 2.5 s late, until recover()
     drop()                       the next request: connection closed, no answer
+    lose_answer(after=1.0)       the next request is carried out, but its answer is
+                                 lost (connection closed 1 s later)
     reject("+15005550001", code=21610)   that recipient, always: 400 + Twilio's error
     outage() / recover()         every request 503 / back to normal, faults cleared
     reset()                      forget everything: faults, rejections, records
@@ -230,11 +232,14 @@ class WebhookAnswer:
 
 @dataclass
 class _Fault:
-    kind: Literal["fail", "slow", "drop"]
+    kind: Literal["fail", "slow", "drop", "lose"]
     times: int | None  # None: until recovered
     status: int = 503
     retry_after: float | None = None
     seconds: float = 0.0
+
+
+_LOSE_ANSWER = web.RequestKey("lose_answer", _Fault)
 
 
 class TwilioDouble:
@@ -327,6 +332,14 @@ class TwilioDouble:
     def drop(self, *, times: int | None = 1) -> None:
         """The next `times` requests get their connection closed, no answer."""
         self._faults.append(_Fault("drop", _times(times)))
+
+    def lose_answer(self, *, after: float = 0.0, times: int | None = 1) -> None:
+        """The next `times` requests are carried out (a message is created), but
+        their answer never arrives: the connection closes `after` seconds later.
+        What a client sees when Twilio accepted a message and the network failed."""
+        if after < 0:
+            raise ValueError("a delay cannot be negative")
+        self._faults.append(_Fault("lose", _times(times), seconds=after))
 
     def reject(self, to: str, *, code: int = 21211, status: int = 400) -> None:
         """Every message to `to` is refused with Twilio's error `code`."""
@@ -452,6 +465,12 @@ class TwilioDouble:
         except web.HTTPException as refused:  # the router's 405 and the like
             self._record(request, form, refused.status)
             raise
+        lost = request.get(_LOSE_ANSWER)
+        if lost is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), lost.seconds)
+            if request.transport is not None:
+                request.transport.abort()
         dropped = request.transport is None or request.transport.is_closing()
         self._record(request, form, None if dropped else response.status)
         return response
@@ -477,6 +496,9 @@ class TwilioDouble:
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=HTTPStatus.INTERNAL_SERVER_ERROR)  # never written
+        if fault.kind == "lose":
+            request[_LOSE_ANSWER] = fault
+            return None
         return _failure(fault.status, fault.retry_after)
 
     def _next_fault(self) -> _Fault | None:
@@ -608,6 +630,8 @@ class TwilioDouble:
                                       retry_after=args.get("retry_after")),
             "slow": lambda: self.slow(float(args["seconds"]), times=times),
             "drop": lambda: self.drop(times=times),
+            "lose_answer": lambda: self.lose_answer(after=float(args.get("after", 0.0)),
+                                                    times=times),
             "reject": lambda: self.reject(args["to"], code=int(args.get("code", 21211)),
                                           status=int(args.get("status", 400))),
             "outage": self.outage,

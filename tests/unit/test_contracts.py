@@ -9,10 +9,12 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from services.leads.api import LeadsApi
+from services.messaging.api import MessagingApi
 from services.shared.interceptor import Kind, kind_of
 from tests.support.servers import ROOT
 
-SERVICES = {"crm.leads.v1.LeadsService": LeadsApi}
+SERVICES = {"crm.leads.v1.LeadsService": LeadsApi,
+            "crm.messaging.v1.MessagingService": MessagingApi}
 
 
 def test_the_generated_code_is_not_stale() -> None:

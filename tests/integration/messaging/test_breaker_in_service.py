@@ -1,0 +1,154 @@
+"""A Twilio outage degrades one button: the breaker, as SendSms callers meet it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from crm.leads.v1 import leads_pb2
+from crm.messaging.v1 import messaging_pb2 as pb
+from crm.messaging.v1 import messaging_pb2_grpc
+from services.shared.server import RunningService
+from tests.integration.messaging.conftest import LEAD_PHONE, send
+from tests.support.rpc import refusal
+from tests.support.servers import ServiceProcess, wait_until
+from tests.support.twilio_double import TwilioDouble
+
+Stub = messaging_pb2_grpc.MessagingServiceStub
+
+
+async def fail_until_open(stub: Stub, lead_id: str) -> None:
+    """Send (and fail) until the breaker opens."""
+    for _ in range(10):
+        try:
+            await send(stub, lead_id, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            if refusal(error).reason == "PROVIDER_CIRCUIT_OPEN":
+                return
+    raise AssertionError("the breaker never opened")
+
+
+@pytest.fixture
+async def slow_to_close(
+    start_messaging: Callable[..., object], channel_for: Callable[..., grpc.aio.Channel]
+) -> Stub:
+    """A messaging server whose breaker stays open 30 s, on a channel without retries."""
+    server: RunningService = await start_messaging(  # type: ignore[misc]
+        CRM_SMS_BREAKER_RESET_SECONDS="30")
+    return Stub(channel_for(server.target, retries=False))
+
+
+async def test_an_outage_opens_the_breaker_then_sends_fail_fast_without_reaching_twilio(
+    slow_to_close: Stub, lead: leads_pb2.Lead, twilio: TwilioDouble,
+) -> None:
+    twilio.outage()
+    with pytest.raises(grpc.aio.AioRpcError) as first:
+        await send(slow_to_close, lead.lead_id)
+    # Its retries were the failures that opened the breaker, which ended them.
+    assert refusal(first.value).reason == "PROVIDER_CIRCUIT_OPEN"
+    reached = twilio.requests
+    assert reached == 3
+
+    with pytest.raises(grpc.aio.AioRpcError) as fast:
+        await send(slow_to_close, lead.lead_id)
+    refused = refusal(fast.value)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_CIRCUIT_OPEN")
+    assert refused.retry_delay is not None and 25 < refused.retry_delay <= 30
+    assert twilio.requests == reached, "nothing reached Twilio while the breaker was open"
+
+    status = await slow_to_close.GetProviderStatus(pb.GetProviderStatusRequest())
+    assert (status.state, status.failure_count, status.fail_max) == (pb.OPEN, 3, 3)
+    window = status.closes_at.ToDatetime() - status.opened_at.ToDatetime()
+    assert window.total_seconds() == pytest.approx(30, abs=0.01)
+    assert status.short_circuited_count >= 1
+
+
+async def test_other_buttons_keep_working_while_sms_is_down(
+    slow_to_close: Stub, lead: leads_pb2.Lead, twilio: TwilioDouble
+) -> None:
+    twilio.outage()
+    await fail_until_open(slow_to_close, lead.lead_id)
+    history = await slow_to_close.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))
+    assert history.messages and all(m.status == pb.QUEUED for m in history.messages)
+
+
+async def test_after_the_reset_timeout_one_trial_goes_through_and_success_closes(
+    messaging: Stub, lead: leads_pb2.Lead, twilio: TwilioDouble,
+    channel_for: Callable[..., grpc.aio.Channel], messaging_server: RunningService,
+) -> None:
+    no_retries = Stub(channel_for(messaging_server.target, retries=False))
+    twilio.outage()
+    await fail_until_open(no_retries, lead.lead_id)
+    twilio.recover()
+    twilio.slow(0.5)  # the trial takes a while: everyone else arrives meanwhile
+    await asyncio.sleep(0.6)  # CRM_SMS_BREAKER_RESET_SECONDS=0.5
+    before = twilio.requests
+
+    async def attempt(i: int) -> str:
+        try:
+            await send(no_retries, lead.lead_id, f"burst {i}")
+            return "sent"
+        except grpc.aio.AioRpcError as error:
+            return refusal(error).reason
+
+    outcomes = await asyncio.gather(*(attempt(i) for i in range(20)))
+    assert outcomes.count("sent") == 1, outcomes
+    assert set(outcomes) == {"sent", "PROVIDER_CIRCUIT_OPEN"}
+    assert twilio.requests - before == 1, "exactly one trial call reached Twilio"
+    status = await messaging.GetProviderStatus(pb.GetProviderStatusRequest())
+    assert status.state == pb.CLOSED
+    await send(messaging, lead.lead_id, "after")
+    assert len(twilio.sent_to(LEAD_PHONE)) == 2
+
+
+async def test_the_breaker_changes_are_events(
+    slow_to_close: Stub, lead: leads_pb2.Lead, twilio: TwilioDouble
+) -> None:
+    stream = slow_to_close.Subscribe(pb.SubscribeRequest(types=["provider.state_changed"]))
+    await stream.read()
+    twilio.outage()
+    await fail_until_open(slow_to_close, lead.lead_id)
+    event = await asyncio.wait_for(stream.read(), 10)
+    while event.type == "bookmark":
+        event = await asyncio.wait_for(stream.read(), 10)
+    assert (event.type, event.provider.state, event.provider.provider) == (
+        "provider.state_changed", pb.OPEN, "twilio")
+    stream.cancel()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo"])
+async def test_the_breaker_keeps_time_in_any_time_zone(
+    messaging_env: dict[str, str], lead: leads_pb2.Lead, twilio: TwilioDouble,
+    channel_for: Callable[..., grpc.aio.Channel], zone: str,
+) -> None:
+    process = ServiceProcess("messaging", {**messaging_env, "TZ": zone,
+                                           "CRM_SMS_BREAKER_RESET_SECONDS": "1"})
+    await asyncio.to_thread(process.start)
+    try:
+        stub = Stub(channel_for(process.target, retries=False))
+        twilio.outage()
+        await fail_until_open(stub, lead.lead_id)
+        status = await stub.GetProviderStatus(pb.GetProviderStatusRequest())
+        assert status.state == pb.OPEN
+        window = (status.closes_at.ToDatetime() - status.opened_at.ToDatetime()).total_seconds()
+        assert window == pytest.approx(1.0, abs=0.01)
+        with pytest.raises(grpc.aio.AioRpcError) as fast:
+            await send(stub, lead.lead_id)
+        assert 0 < refusal(fast.value).retry_delay <= 1.0  # type: ignore[operator]
+        twilio.recover()
+
+        async def closed() -> bool:
+            try:
+                await send(stub, lead.lead_id, "trial")
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await wait_until(closed, timeout=5, interval=0.2)
+        status = await stub.GetProviderStatus(pb.GetProviderStatusRequest())
+        assert status.state == pb.CLOSED
+    finally:
+        await asyncio.to_thread(process.terminate)

@@ -1,0 +1,186 @@
+"""Exactly one text per idempotency key, toward Twilio too, whatever fails when."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from crm.leads.v1 import leads_pb2
+from crm.messaging.v1 import messaging_pb2 as pb
+from crm.messaging.v1 import messaging_pb2_grpc
+from services.messaging.sending import LEASE_MARGIN, SmsSender
+from services.shared.clients import new_key
+from services.shared.server import RunningService
+from tests.integration.messaging.conftest import LEAD_PHONE, send
+from tests.support.rpc import refusal
+from tests.support.servers import ServiceProcess, wait_until
+from tests.support.twilio_double import TwilioDouble
+
+Stub = messaging_pb2_grpc.MessagingServiceStub
+
+
+async def history(stub: Stub, lead_id: str) -> list[pb.Message]:
+    return list((await stub.ListMessages(pb.ListMessagesRequest(lead_id=lead_id))).messages)
+
+
+async def test_a_same_key_retry_storm_sends_one_text_and_every_answer_agrees(
+    messaging: Stub, lead: leads_pb2.Lead, twilio: TwilioDouble
+) -> None:
+    twilio.slow(0.5)
+    key = new_key()
+
+    async def attempt() -> Any:
+        try:
+            return await send(messaging, lead.lead_id, key=key)
+        except grpc.aio.AioRpcError as error:
+            return refusal(error).reason
+
+    outcomes = await asyncio.gather(*(attempt() for _ in range(20)))
+    sent = [o for o in outcomes if isinstance(o, pb.Message)]
+    assert sent and {o for o in outcomes if isinstance(o, str)} <= {"IDEMPOTENCY_KEY_IN_USE"}
+    assert all(m == sent[0] for m in sent)
+    assert len(twilio.sent_to(LEAD_PHONE)) == 1
+    call = messaging.SendSms(pb.SendSmsRequest(lead_id=lead.lead_id, body="Hi Ada"),
+                             metadata=(("idempotency-key", key),))
+    assert await call == sent[0]
+    assert dict(await call.initial_metadata())["idempotent-replayed"] == "true"
+    assert len(await history(messaging, lead.lead_id)) == 1
+
+
+@pytest.fixture
+async def patient(
+    start_messaging: Callable[..., object], channel_for: Callable[..., grpc.aio.Channel]
+) -> tuple[Stub, SmsSender]:
+    """Two attempts per send and a breaker that will not open, on a channel without retries."""
+    server: RunningService = await start_messaging(  # type: ignore[misc]
+        CRM_SMS_BREAKER_FAIL_MAX="1000", CRM_SMS_RETRY_MAX_ATTEMPTS="2")
+    sender = server.runtime.parts["sender"]
+    assert isinstance(sender, SmsSender)
+    return Stub(channel_for(server.target, retries=False)), sender
+
+
+async def test_a_retry_after_a_transient_failure_sends_the_same_message_once(
+    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+) -> None:
+    stub, _ = patient
+    key = new_key()
+    twilio.outage()
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await send(stub, lead.lead_id, key=key)
+    assert refusal(failed.value).reason == "PROVIDER_UNAVAILABLE"
+    (queued,) = await history(stub, lead.lead_id)
+    assert queued.status == pb.QUEUED
+    twilio.recover()
+    sent = await send(stub, lead.lead_id, key=key)
+    assert sent.message_id == queued.message_id
+    assert len(twilio.sent) == 1
+    assert [m.message_id for m in await history(stub, lead.lead_id)] == [sent.message_id]
+
+
+async def test_an_answer_lost_past_the_deadline_is_adopted_by_the_retry_not_sent_again(
+    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+) -> None:
+    stub, _ = patient
+    key = new_key()
+    twilio.lose_answer(after=3)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await send(stub, lead.lead_id, key=key, timeout=1)
+    assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    (accepted,) = twilio.sent  # Twilio has it, though nobody heard
+    async def retried() -> pb.Message | None:
+        try:
+            return await send(stub, lead.lead_id, key=key)
+        except grpc.aio.AioRpcError as error:
+            assert refusal(error).reason == "IDEMPOTENCY_KEY_IN_USE"
+            return None
+
+    outcome: list[pb.Message] = []
+
+    async def done() -> bool:
+        found = await retried()
+        if found is not None:
+            outcome.append(found)
+        return bool(outcome)
+
+    await wait_until(done, timeout=10, interval=0.25)
+    assert outcome[0].provider_message_id == accepted.sid
+    assert len(twilio.sent) == 1
+
+
+async def test_the_sweep_adopts_a_text_twilio_took_when_nobody_retries(
+    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+) -> None:
+    stub, sender = patient
+    key = new_key()
+    twilio.lose_answer(after=3)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await send(stub, lead.lead_id, key=key, timeout=1)
+    await wait_until(lambda: sender.recover_abandoned(older_than=-LEASE_MARGIN - 5), timeout=10)
+    (adopted,) = await history(stub, lead.lead_id)
+    assert adopted.provider_message_id == twilio.sent[0].sid
+    call = stub.SendSms(pb.SendSmsRequest(lead_id=lead.lead_id, body="Hi Ada"),
+                        metadata=(("idempotency-key", key),))
+    assert (await call).provider_message_id == adopted.provider_message_id
+    assert dict(await call.initial_metadata())["idempotent-replayed"] == "true"
+    assert len(twilio.sent) == 1
+
+
+async def test_the_sweep_fails_a_text_twilio_never_took_and_frees_its_key(
+    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+) -> None:
+    stub, sender = patient
+    key = new_key()
+    twilio.outage()
+    with pytest.raises(grpc.aio.AioRpcError):
+        await send(stub, lead.lead_id, key=key)
+    twilio.recover()
+    assert await sender.recover_abandoned(older_than=0) == 1
+    (abandoned,) = await history(stub, lead.lead_id)
+    assert abandoned.status == pb.FAILED and "abandoned" in abandoned.error_message
+    fresh = await send(stub, lead.lead_id, key=key)
+    assert fresh.message_id != abandoned.message_id
+    assert len(twilio.sent) == 1
+
+
+async def test_a_crash_between_twilios_answer_and_the_commit_never_sends_twice(
+    messaging_env: dict[str, str], lead: leads_pb2.Lead, twilio: TwilioDouble,
+    channel_for: Callable[..., grpc.aio.Channel],
+) -> None:
+    env = {**messaging_env, "CRM_SMS_BREAKER_FAIL_MAX": "1000"}
+    first = ServiceProcess("messaging", env)
+    await asyncio.to_thread(first.start)
+    key = new_key()
+    twilio.lose_answer(after=30)
+    stub = Stub(channel_for(first.target, retries=False))
+    pending = asyncio.create_task(send(stub, lead.lead_id, key=key, timeout=2))
+    await wait_until(lambda: len(twilio.sent) == 1)
+    first.kill()  # after Twilio took the text, before the service heard back
+    with pytest.raises(grpc.aio.AioRpcError):
+        await pending
+
+    second = ServiceProcess("messaging", env)
+    await asyncio.to_thread(second.start)
+    try:
+        again = Stub(channel_for(second.target, retries=False))
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await send(again, lead.lead_id, key=key)
+        assert refusal(early.value).reason == "IDEMPOTENCY_KEY_IN_USE"  # the lease still holds
+        recovered: list[pb.Message] = []
+
+        async def retried() -> bool:
+            try:
+                recovered.append(await send(again, lead.lead_id, key=key))
+            except grpc.aio.AioRpcError as error:
+                assert refusal(error).reason == "IDEMPOTENCY_KEY_IN_USE"
+            return bool(recovered)
+
+        await wait_until(retried, timeout=2 + LEASE_MARGIN + 5, interval=0.25)
+        assert recovered[0].provider_message_id == twilio.sent[0].sid
+        assert len(twilio.sent) == 1
+        assert len(await history(again, lead.lead_id)) == 1
+    finally:
+        await asyncio.to_thread(second.terminate)
