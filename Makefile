@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A second gRPC implementation (grpc-js) for the interop tests.
+NODE_DEPS := tests/interop/node_modules/.installed
 
 .PHONY: install protos run test drills bench lint clean
 
@@ -15,13 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(NODE_DEPS): tests/interop/package-lock.json
+	cd tests/interop && npm ci --no-audit --no-fund --silent
+	touch $(NODE_DEPS)
+
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 run: $(STAMP)
 	$(BIN)/python -m services
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -32,4 +38,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache tests/interop/node_modules
