@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 
 from services.shared import context, errors, metrics, status
@@ -106,7 +107,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         serving = functools.partial(self._serving, method=method, kind=kind)
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
@@ -114,7 +115,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def unary(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
                 async with serving(ctx):
-                    return await inner(request, ctx)
+                    return await inner(_parsed(request, method), ctx)
 
             return grpc.unary_unary_rpc_method_handler(unary, **codec)
         if handler.unary_stream is not None:
@@ -122,7 +123,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def stream(request: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with serving(ctx):
-                    async for item in inner_stream(request, ctx):
+                    async for item in inner_stream(_parsed(request, method), ctx):
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(stream, **codec)
@@ -159,7 +160,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             elapsed = time.perf_counter() - started
             metrics.RPC_SECONDS.labels(self.service, rpc).observe(elapsed)
             metrics.RPCS.labels(self.service, rpc, code).inc()
-            log.info("%s %s", rpc, code, extra={"code": code, "ms": round(elapsed * 1000, 2)})
+            facts = context.maybe_call()
+            log.info("%s %s", rpc, code, extra={
+                "code": code, "ms": round(elapsed * 1000, 2), "rpc": rpc,
+                "request_id": facts.request_id if facts else "",
+                "principal": facts.principal if facts else "",
+            })
             if entered is not None:
                 context.leave(entered)
 
@@ -178,6 +184,36 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             principal=principal,
             idempotency_key=key,
         )
+
+
+class _Malformed:
+    """What arrived instead of a request message that could be parsed."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A request parser that hands malformed bytes on, to be refused as a call."""
+    if parse is None:
+        return None
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError as error:
+            return _Malformed(error)
+
+    return tolerant
+
+
+def _parsed(request: Any, method: str) -> Any:
+    if isinstance(request, _Malformed):
+        raise errors.InvalidArgument(
+            f"the request is not a valid {method.rsplit('/', 1)[-1]} request message",
+            reason="MALFORMED_REQUEST",
+        )
+    return request
 
 
 def _aborted_code(ctx: grpc.aio.ServicerContext) -> str:

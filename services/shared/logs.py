@@ -28,6 +28,7 @@ class JsonFormatter(logging.Formatter):
         call = maybe_call()
         if call is not None:
             line.update(request_id=call.request_id, rpc=call.rpc, principal=call.principal)
+        # A record's own facts (as the access log's) win over the ambient call's.
         line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)

@@ -69,6 +69,7 @@ class RunningService:
     server: grpc.aio.Server
     health: HealthServicer
     port: int
+    metrics_port: int | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -164,7 +165,8 @@ async def start(
     if settings.metrics_port is not None:
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.bind_host)
         running.closers.append(_shutdown_http(metrics_server))
-        log.info("metrics on :%s", metrics_server.server_port)
+        running.metrics_port = metrics_server.server_port
+        log.info("metrics on :%s", running.metrics_port, extra={"metrics_port": running.metrics_port})
     log.info("%s serving on %s", spec.service_name, address.rsplit(":", 1)[0] + f":{bound}",
              extra={"port": bound, "database": db.dialect, "tls": settings.tls.serving})
     return running
