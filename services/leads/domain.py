@@ -21,7 +21,7 @@ from services.shared.phones import to_e164
 MAX_NAME_LENGTH = 200
 MAX_EMAIL_LENGTH = 254
 MAX_BATCH_SIZE = 100
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
 class LeadStatus(StrEnum):

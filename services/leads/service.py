@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.shared import errors
+from services.shared import errors, validation
 from services.shared.db import utcnow
 
 from services.leads.domain import (
@@ -134,11 +134,7 @@ async def get_lead(lead_id: str, uow: LeadsUnitOfWork) -> Lead:
 
 
 def check_id(lead_id: str, field: str = "lead_id") -> str:
-    if not lead_id:
-        raise errors.InvalidArgument.field(field, "is required")
-    if len(lead_id) > 64:
-        raise errors.InvalidArgument.field(field, "at most 64 characters")
-    return lead_id
+    return validation.identifier(lead_id, field)
 
 
 def check_batch(lead_ids: list[str]) -> list[str]:
@@ -151,8 +147,8 @@ def check_batch(lead_ids: list[str]) -> list[str]:
     found = errors.Violations()
     seen: set[str] = set()
     for i, lead_id in enumerate(lead_ids):
-        if not lead_id or len(lead_id) > 64:
-            found.add(f"lead_ids[{i}]", "must be 1 to 64 characters")
+        if not lead_id or len(lead_id) > 64 or not validation.printable(lead_id):
+            found.add(f"lead_ids[{i}]", "must be 1 to 64 printable characters")
         elif lead_id in seen:
             found.add(f"lead_ids[{i}]", f"{lead_id!r} is named twice")
         seen.add(lead_id)

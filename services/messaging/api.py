@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -9,7 +10,7 @@ import grpc
 
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
-from services.shared import paging, subscribe
+from services.shared import paging, subscribe, validation
 from services.shared.context import current_call
 from services.shared.db import utcnow
 from services.shared.errors import InvalidArgument
@@ -47,15 +48,13 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
     @reads
     async def GetMessage(self, request: pb.GetMessageRequest, context: Context, uow: UoW
                          ) -> pb.Message:
-        if not request.message_id:
-            raise InvalidArgument.field("message_id", "is required")
-        return convert.message(await uow.messages.get(request.message_id))
+        message_id = validation.identifier(request.message_id, "message_id")
+        return convert.message(await uow.messages.get(message_id))
 
     @reads
     async def ListMessages(self, request: pb.ListMessagesRequest, context: Context, uow: UoW
                            ) -> pb.ListMessagesResponse:
-        if not request.lead_id:
-            raise InvalidArgument.field("lead_id", "is required")
+        validation.identifier(request.lead_id, "lead_id")
         size = paging.page_size(request.page_size)
         query = {"list": "messages", "lead_id": request.lead_id}
         after = paging.decode(request.page_token, query)
@@ -78,10 +77,9 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         self, request: pb.ReceiveInboundMessageRequest, context: Context, uow: UoW
     ) -> pb.ReceiveInboundMessageResponse:
         sender = to_e164(getattr(request, "from"), self.region, field="from")
-        if not request.provider_message_id:
-            raise InvalidArgument.field("provider_message_id", "is required")
-        if len(request.body) > MAX_INBOUND_BODY:
-            raise InvalidArgument.field("body", f"at most {MAX_INBOUND_BODY} characters")
+        validation.identifier(request.provider_message_id, "provider_message_id")
+        validation.text(request.body, "body", max_length=MAX_INBOUND_BODY)
+        validation.text(request.to, "to", max_length=32)
         keyword = consent_keyword(request.body)
         consent = pb.ReceiveInboundMessageResponse.UNCHANGED
         if keyword is not None:
@@ -113,6 +111,9 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         if status is None:
             raise InvalidArgument.field("provider_status",
                                         f"unknown status {request.provider_status!r}")
+        validation.identifier(request.message_id, "message_id", required=False)
+        validation.identifier(request.provider_message_id, "provider_message_id", required=False)
+        validation.text(request.error_message, "error_message", max_length=500)
         if request.message_id:
             message = await uow.messages.get(request.message_id, for_update=True)
         elif request.provider_message_id:
@@ -149,6 +150,4 @@ def _instant(value: object) -> datetime:
 
 
 def _new_id() -> str:
-    import uuid
-
     return str(uuid.uuid4())

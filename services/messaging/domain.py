@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
-from services.shared import errors
+from services.shared import errors, validation
 
 from services.messaging.segments import Encoding, Measure, measure
 
@@ -133,6 +133,7 @@ def check_body(body: str, max_segments: int) -> Measure:
     """What the body costs, or the refusal that says why it cannot be sent."""
     if not body.strip():
         raise errors.InvalidArgument.field("body", "is required")
+    validation.text(body, "body", max_length=MAX_BODY_CHARACTERS * 2)
     cost = measure(body)
     if cost.segments > max_segments or len(body) > MAX_BODY_CHARACTERS:
         raise MessageTooLong(cost, max_segments)

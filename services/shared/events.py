@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.shared.db import Database, backoff, retrying, utcnow
 from services.shared.errors import InvalidArgument, OutOfRange
+from services.shared.validation import identifier
 from services.shared.schema import LOG_ROW_ID, SharedTables
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ class Filter:
             if len(ids) > MAX_FILTER_IDS:
                 raise InvalidArgument.field(name, f"at most {MAX_FILTER_IDS} ids")
             for i, value in enumerate(ids):
-                if not value or len(value) > 64:
-                    raise InvalidArgument.field(f"{name}[{i}]", "must be 1 to 64 characters")
+                identifier(value, f"{name}[{i}]")
         wanted = list(types)
         for i, kind in enumerate(wanted):
             if kind not in known:

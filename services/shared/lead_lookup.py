@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from crm.leads.v1 import leads_pb2, leads_pb2_grpc
-from services.shared import errors
+from services.shared import errors, validation
 from services.shared.context import maybe_call
 
 
@@ -41,8 +41,7 @@ class LeadLookup:
         self._leads = leads_pb2_grpc.LeadsServiceStub(channel)
 
     async def get(self, lead_id: str, *, timeout: float | None) -> LeadContact:
-        if not lead_id:
-            raise errors.InvalidArgument.field("lead_id", "is required")
+        validation.identifier(lead_id, "lead_id")
         call = maybe_call()
         metadata = (("x-request-id", call.request_id),) if call else ()
         try:

@@ -48,4 +48,6 @@ def decode(token: str, query: Any) -> list[Any] | None:
         raise InvalidArgument.field("page_token", "not a page token of this list") from None
     if scope != _scope(query) or not isinstance(after, list):
         raise InvalidArgument.field("page_token", "was issued for a different query")
+    if not all(isinstance(v, int) or (isinstance(v, str) and v.isprintable()) for v in after):
+        raise InvalidArgument.field("page_token", "not a page token of this list")
     return after
