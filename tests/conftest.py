@@ -8,12 +8,15 @@ must answer; elsewhere its runs are skipped, with the reason, when it does not.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from services.shared.clients import open_channel
 from tests.support import databases
+from tests.support.servers import TOKENS
 
 _postgres: databases.PostgresDatabases | None = None
 _postgres_checked: bool | None = None
@@ -85,3 +88,19 @@ def artifacts() -> Iterator[Path]:
     path = Path(__file__).resolve().parent.parent / "test-artifacts"
     path.mkdir(exist_ok=True)
     yield path
+
+
+@pytest.fixture
+async def channel_for() -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
+    """Opens channels (closed at the end) to a target as a principal of TOKENS."""
+    opened: list[grpc.aio.Channel] = []
+
+    def open_as(target: str, who: str = "alice", *, retries: bool = True) -> grpc.aio.Channel:
+        options = [] if retries else [("grpc.enable_retries", 0)]
+        channel = open_channel(target, token=TOKENS[who], options=options)
+        opened.append(channel)
+        return channel
+
+    yield open_as
+    for channel in opened:
+        await channel.close()

@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 # Budget for retrying a transaction when the caller set no deadline.
 DEFAULT_RETRY_BUDGET = 10.0
+# How long before the caller's deadline an outage is reported.
+ANSWER_MARGIN = 0.25
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003",
                         "08006", "08001", "08004"}
 
@@ -173,7 +175,9 @@ async def retrying(
     leaves no room for another attempt they surface as UNAVAILABLE.
     """
     budget = DEFAULT_RETRY_BUDGET if time_remaining is None else time_remaining
-    deadline = time.monotonic() + budget
+    # Answer UNAVAILABLE a little before the caller's deadline, never at it: a
+    # caller that sees DEADLINE_EXCEEDED cannot tell an outage from a hang.
+    deadline = time.monotonic() + budget - min(ANSWER_MARGIN, budget * 0.1)
     attempt = 0
     while True:
         try:
@@ -186,7 +190,7 @@ async def retrying(
             if not is_transient(error):
                 raise
             delay = backoff(attempt)
-            if time.monotonic() + delay >= deadline - 0.005:
+            if time.monotonic() + delay >= deadline:
                 log.warning("giving up on %s", what, extra={"error": repr(error)[:300]})
                 raise Unavailable(f"{what} is unavailable", reason="DATABASE_UNAVAILABLE",
                                   retry_after=1.0) from error

@@ -11,9 +11,9 @@ import pytest
 from crm.leads.v1 import leads_pb2 as leads_pb
 from crm.leads.v1 import leads_pb2_grpc
 from services.leads.bootstrap import SPEC as LEADS
-from services.shared.clients import idempotency, new_key, open_channel
+from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService
-from tests.support.servers import TOKENS, environment, start_in_process
+from tests.support.servers import environment, start_in_process
 
 
 @pytest.fixture
@@ -26,22 +26,6 @@ async def leads_server(service_env: dict[str, str]) -> AsyncIterator[RunningServ
     running = await start_in_process(LEADS, service_env)
     yield running
     await running.stop(grace=1, drain=0)
-
-
-@pytest.fixture
-async def channel_for() -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
-    """Opens channels (closed at the end) to a target as a principal of TOKENS."""
-    opened: list[grpc.aio.Channel] = []
-
-    def open_as(target: str, who: str = "alice", *, retries: bool = True) -> grpc.aio.Channel:
-        options = [] if retries else [("grpc.enable_retries", 0)]
-        channel = open_channel(target, token=TOKENS[who], options=options)
-        opened.append(channel)
-        return channel
-
-    yield open_as
-    for channel in opened:
-        await channel.close()
 
 
 @pytest.fixture
