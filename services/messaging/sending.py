@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DEADLINE = 30.0
 # How long past the caller's deadline a pending key stays leased to its call.
 LEASE_MARGIN = 5.0
+# How long before the caller's deadline the handoff gives up, to answer in time.
+ANSWER_MARGIN = 1.0
 # How long after its lease ended an unfinished send is recovered by the sweep.
 ABANDON_AFTER = 300.0
 # The provider's error for a recipient who texted STOP to the provider itself.
@@ -127,7 +129,9 @@ class SmsSender:
         request_fingerprint = fingerprint(request)
         budget = context.time_remaining() or DEFAULT_DEADLINE
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
+        # The handoff ends early enough to record its outcome and answer before
+        # the caller's deadline: UNAVAILABLE, never DEADLINE_EXCEEDED.
+        deadline = loop.time() + budget - min(ANSWER_MARGIN, budget * 0.2)
         lease_until = utcnow() + timedelta(seconds=budget + LEASE_MARGIN)
 
         def left() -> float:

@@ -258,6 +258,8 @@ class TwilioDouble:
         self.host = host
         self.port = port
         self.received: list[ReceivedRequest] = []
+        # API requests that arrived, counted as they arrive (before any delay).
+        self.arrivals = 0
         self.messages: dict[str, Message] = {}
         self._faults: list[_Fault] = []
         self._rejections: dict[str, tuple[int, int]] = {}  # to → (status, code)
@@ -457,6 +459,7 @@ class TwilioDouble:
         """Apply the failures on command, then record what was asked and answered."""
         if request.path.startswith("/_control/"):
             return await handler(request)
+        self.arrivals += 1
         form = {k: str(v) for k, v in (await request.post()).items()}
         response = await self._misbehave(request)
         try:
