@@ -8,12 +8,14 @@ import sys
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
+from services.bookings.api import BookingsApi
 from services.leads.api import LeadsApi
 from services.messaging.api import MessagingApi
 from services.shared.interceptor import Kind, kind_of
 from tests.support.servers import ROOT
 
 SERVICES = {"crm.leads.v1.LeadsService": LeadsApi,
+            "crm.bookings.v1.BookingsService": BookingsApi,
             "crm.messaging.v1.MessagingService": MessagingApi}
 
 

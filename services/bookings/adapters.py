@@ -1,0 +1,329 @@
+"""Storage of appointments: tables, the repository (SQLAlchemy Core) and the unit of work.
+
+No double booking is enforced by the database where it can be: on PostgreSQL
+an exclusion constraint (see migrations/versions/0001_initial.py) refuses a
+second confirmed appointment of one agent over an overlapping range, even
+when confirms race on several replicas. On SQLite every write transaction
+holds the database's single writer lock, so the check before the update is
+already safe.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    exc,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.bookings import messages
+from services.bookings.domain import (
+    Appointment,
+    AppointmentChange,
+    AppointmentNotFound,
+    AppointmentStatus,
+    SlotTaken,
+)
+from services.shared.db import UTCDateTime
+from services.shared.errors import Aborted, Unavailable
+from services.shared.events import EventRecord
+from services.shared.schema import shared_tables
+from services.shared.uow import UnitOfWork
+
+metadata = MetaData()
+shared = shared_tables(metadata, "bookings")
+
+appointments = Table(
+    "appointments",
+    metadata,
+    Column("appointment_id", String(36), primary_key=True),
+    Column("lead_id", String(64), nullable=False),
+    Column("agent_id", String(100), nullable=False),
+    Column("start_time", UTCDateTime, nullable=False),
+    Column("end_time", UTCDateTime, nullable=False),
+    Column("notes", String(2000), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("confirmed_by", String(128), nullable=False),
+    Column("confirmed_at", UTCDateTime),
+    Column("cancelled_by", String(128), nullable=False),
+    Column("cancelled_at", UTCDateTime),
+    Column("cancel_reason", String(500), nullable=False),
+    Column("completed_by", String(128), nullable=False),
+    Column("completed_at", UTCDateTime),
+    Index("ix_appointments_start", "start_time", "appointment_id"),
+    Index("ix_appointments_agent_start", "agent_id", "start_time"),
+    Index("ix_appointments_lead_start", "lead_id", "start_time"),
+)
+
+appointment_changes = Table(
+    "appointment_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("appointment_id", String(36), ForeignKey("appointments.appointment_id"),
+           nullable=False),
+    Column("from_status", String(16), nullable=False),
+    Column("to_status", String(16), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Index("ix_appointment_changes_appointment", "appointment_id", "id"),
+)
+
+# The exclusion constraint's name (PostgreSQL only; created by the migration).
+NO_DOUBLE_BOOKING = "appointments_no_double_booking"
+_EXCLUSION_VIOLATION = "23P01"
+# Times a confirm tries again when the appointment that beat it to the slot
+# freed it before it could be named (cancelled or completed meanwhile).
+_SLOT_ATTEMPTS = 3
+
+
+class ConcurrentChange(Aborted):
+    """The row changed under a lock we held: never expected."""
+
+    reason = "CONCURRENT_CHANGE"
+
+
+class SlotContended(Unavailable):
+    """Confirms of overlapping slots kept racing: transient, so a retry runs again."""
+
+    reason = "SLOT_CONTENDED"
+
+    def __init__(self, appointment_id: str) -> None:
+        super().__init__(f"the slot of appointment {appointment_id!r} kept changing hands; "
+                         "retry with the same idempotency key", retry_after=0.1,
+                         metadata={"appointment_id": appointment_id})
+
+
+def _appointment(row: Row[Any]) -> Appointment:
+    return Appointment(
+        appointment_id=row.appointment_id,
+        lead_id=row.lead_id,
+        agent_id=row.agent_id,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        notes=row.notes,
+        status=AppointmentStatus(row.status),
+        version=row.version,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        confirmed_by=row.confirmed_by,
+        confirmed_at=row.confirmed_at,
+        cancelled_by=row.cancelled_by,
+        cancelled_at=row.cancelled_at,
+        cancel_reason=row.cancel_reason,
+        completed_by=row.completed_by,
+        completed_at=row.completed_at,
+    )
+
+
+def _change(row: Row[Any]) -> AppointmentChange:
+    return AppointmentChange(
+        appointment_id=row.appointment_id,
+        from_status=AppointmentStatus(row.from_status),
+        to_status=AppointmentStatus(row.to_status),
+        actor=row.actor,
+        changed_at=row.changed_at,
+        idempotency_key=row.idempotency_key,
+        reason=row.reason,
+        version=row.version,
+    )
+
+
+def _is_exclusion_violation(error: exc.IntegrityError) -> bool:
+    original = error.orig
+    return isinstance(original, psycopg.Error) and original.sqlstate == _EXCLUSION_VIOLATION
+
+
+class SqlAppointmentRepository:
+    def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
+        self.conn = conn
+        self.postgres = postgres
+        # Every appointment this unit of work loaded or added, for its events.
+        self.seen: dict[str, Appointment] = {}
+
+    async def add(self, appointment: Appointment) -> None:
+        await self.conn.execute(insert(appointments).values(**self._row(appointment)))
+        self.seen[appointment.appointment_id] = appointment
+
+    async def get(self, appointment_id: str, *, for_update: bool = False) -> Appointment:
+        query = select(appointments).where(appointments.c.appointment_id == appointment_id)
+        if for_update and self.postgres:
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).first()
+        if row is None:
+            raise AppointmentNotFound(appointment_id)
+        found = self.seen[appointment_id] = _appointment(row)
+        return found
+
+    async def confirmed_overlapping(self, appointment: Appointment) -> list[Appointment]:
+        """The agent's confirmed appointments that overlap this one's slot, earliest first."""
+        a = appointments.c
+        query = (
+            select(appointments)
+            .where(
+                a.agent_id == appointment.agent_id,
+                a.status == AppointmentStatus.CONFIRMED.value,
+                a.start_time < appointment.end_time,
+                a.end_time > appointment.start_time,
+                a.appointment_id != appointment.appointment_id,
+            )
+            .order_by(a.start_time, a.appointment_id)
+            .limit(10)
+        )
+        return [_appointment(row) for row in await self.conn.execute(query)]
+
+    async def save(self, appointment: Appointment, change: AppointmentChange) -> None:
+        """Store a change of status and its audit record.
+
+        A confirm on PostgreSQL runs its update in a savepoint: if a concurrent
+        confirm took an overlapping slot first, the exclusion constraint refuses
+        it, the savepoint is rolled back, and the refusal names the winner.
+        """
+        if change.to_status is AppointmentStatus.CONFIRMED and self.postgres:
+            await self._confirm_in_savepoint(appointment, change)
+        else:
+            await self._update(appointment, change)
+        await self.conn.execute(
+            insert(appointment_changes).values(
+                appointment_id=change.appointment_id, from_status=change.from_status.value,
+                to_status=change.to_status.value, actor=change.actor,
+                changed_at=change.changed_at, idempotency_key=change.idempotency_key,
+                reason=change.reason, version=change.version,
+            )
+        )
+
+    async def _confirm_in_savepoint(self, appointment: Appointment,
+                                    change: AppointmentChange) -> None:
+        for _ in range(_SLOT_ATTEMPTS):
+            try:
+                async with self.conn.begin_nested():
+                    await self._update(appointment, change)
+                return
+            except exc.IntegrityError as error:
+                if not _is_exclusion_violation(error):
+                    raise
+            # The winner has committed (the constraint waited for it): name it.
+            winners = await self.confirmed_overlapping(appointment)
+            if winners:
+                raise SlotTaken(appointment, winners[0])
+        raise SlotContended(appointment.appointment_id)
+
+    async def _update(self, appointment: Appointment, change: AppointmentChange) -> None:
+        a = appointments.c
+        row = self._row(appointment)
+        del row["appointment_id"]
+        result = await self.conn.execute(
+            update(appointments)
+            .where(a.appointment_id == appointment.appointment_id,
+                   a.version == change.version - 1)
+            .values(**row)
+        )
+        if result.rowcount != 1:
+            raise ConcurrentChange(
+                f"appointment {appointment.appointment_id!r} changed while locked"
+            )
+
+    async def find(
+        self,
+        *,
+        lead_id: str | None,
+        agent_id: str | None,
+        status: AppointmentStatus | None,
+        window_start: datetime | None,
+        window_end: datetime | None,
+        after: list[object] | None,
+        limit: int,
+    ) -> list[Appointment]:
+        """By start time, then id; `after` is the (start_time, id) of the last one served."""
+        a = appointments.c
+        query = select(appointments)
+        if lead_id is not None:
+            query = query.where(a.lead_id == lead_id)
+        if agent_id is not None:
+            query = query.where(a.agent_id == agent_id)
+        if status is not None:
+            query = query.where(a.status == status.value)
+        if window_start is not None:
+            query = query.where(a.end_time > window_start)
+        if window_end is not None:
+            query = query.where(a.start_time < window_end)
+        if after is not None:
+            query = query.where(tuple_(a.start_time, a.appointment_id) > tuple_(*after))
+        query = query.order_by(a.start_time, a.appointment_id).limit(limit)
+        return [_appointment(row) for row in await self.conn.execute(query)]
+
+    async def list_changes(
+        self, appointment_id: str, after: int | None, limit: int
+    ) -> list[tuple[int, AppointmentChange]]:
+        c = appointment_changes.c
+        query = select(appointment_changes).where(c.appointment_id == appointment_id)
+        if after is not None:
+            query = query.where(c.id > after)
+        query = query.order_by(c.id).limit(limit)
+        return [(row.id, _change(row)) for row in await self.conn.execute(query)]
+
+    async def exists(self, appointment_id: str) -> bool:
+        query = select(appointments.c.appointment_id).where(
+            appointments.c.appointment_id == appointment_id
+        )
+        return (await self.conn.execute(query)).first() is not None
+
+    @staticmethod
+    def _row(appointment: Appointment) -> dict[str, Any]:
+        return {
+            "appointment_id": appointment.appointment_id,
+            "lead_id": appointment.lead_id,
+            "agent_id": appointment.agent_id,
+            "start_time": appointment.start_time,
+            "end_time": appointment.end_time,
+            "notes": appointment.notes,
+            "status": appointment.status.value,
+            "version": appointment.version,
+            "created_by": appointment.created_by,
+            "created_at": appointment.created_at,
+            "updated_at": appointment.updated_at,
+            "confirmed_by": appointment.confirmed_by,
+            "confirmed_at": appointment.confirmed_at,
+            "cancelled_by": appointment.cancelled_by,
+            "cancelled_at": appointment.cancelled_at,
+            "cancel_reason": appointment.cancel_reason,
+            "completed_by": appointment.completed_by,
+            "completed_at": appointment.completed_at,
+        }
+
+
+class SqlBookingsUnitOfWork(UnitOfWork):
+    def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
+        super().__init__(conn, runtime)
+        self.appointments = SqlAppointmentRepository(conn, postgres=self.dialect == "postgresql")
+
+    def collect_events(self) -> list[EventRecord]:
+        return [
+            messages.event_record(event)
+            for appointment in self.appointments.seen.values()
+            for event in appointment.pull_events()
+        ]

@@ -1,0 +1,1 @@
+"""The bookings service through real gRPC servers, on SQLite and PostgreSQL."""
