@@ -52,6 +52,10 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.service_config", SERVICE_CONFIG),
     ("grpc.enable_retries", 1),
     ("grpc.keepalive_time_ms", 30_000),
+    # gRPC's reconnect backoff grows to 120 s by default: after a long outage a
+    # caller would stay UNAVAILABLE for minutes once the service is back.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.max_receive_message_length", 1024 * 1024),
 ]
 
