@@ -62,6 +62,8 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
+    # The module to run; default `services.<name>` (the gateway: "gateway").
+    module: str = ""
 
     @property
     def target(self) -> str:
@@ -71,7 +73,8 @@ class ServiceProcess:
         # INFO at least: the line announcing the port is an INFO line.
         env = {**os.environ, **self.env, "CRM_LOG_LEVEL": "INFO"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}", "--port", str(self.port), *self.args],
+            [sys.executable, "-m", self.module or f"services.{self.name}", "--port", str(self.port),
+             *self.args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

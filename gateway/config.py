@@ -1,0 +1,148 @@
+"""The gateway's configuration, read from the environment with casts and defaults.
+
+Built from the same parts as `services.shared.config`: a bad value stops the
+process at start with a message that names the variable.
+
+    CRM_API_TOKENS              `principal:token,…`: who may log in, and the token
+                                a session presents upstream (none)
+    CRM_LEADS_TARGET, CRM_BOOKINGS_TARGET, CRM_MESSAGING_TARGET
+                                the services (127.0.0.1:50051, :50052, :50053;
+                                `dns:///host:port` for replicas)
+    CRM_TLS_CA                  trust this CA when calling the services (plaintext)
+    CRM_PUBLIC_URL              the gateway's public base URL, for Twilio signatures
+                                and `Secure` cookies (http://127.0.0.1:8080)
+    CRM_SERVICE_TOKEN           the token webhooks are forwarded with (principal
+                                `gateway`'s in CRM_API_TOKENS)
+    TWILIO_AUTH_TOKEN           verifies X-Twilio-Signature (unset: webhooks refused)
+    CRM_SESSION_SECRET          signs session cookies, ≥ 32 characters (derived
+                                from CRM_API_TOKENS, so replicas agree)
+    CRM_SESSION_SECONDS         how long a browser session lasts (28800: 8 h)
+    CRM_GATEWAY_DEADLINE_SECONDS   deadline of every unary call upstream (10)
+    CRM_GATEWAY_MAX_BODY_BYTES  largest request body accepted; 413 beyond (65536)
+    CRM_SSE_HEARTBEAT_SECONDS   interval of `: heartbeat` on /v1/events (15, at most 15)
+    CRM_LEGACY_HISTORY_MAX      most messages /api/leads/{leadId}/sms-history gathers (1000)
+    CRM_GATEWAY_STATIC_DIR      the web console's files (gateway/static)
+    CRM_SHUTDOWN_GRACE_SECONDS  time for requests in flight on SIGTERM (10)
+    CRM_BIND_HOST, CRM_LOG_LEVEL   as for the services (127.0.0.1, INFO)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from services.shared.config import (
+    ConfigError,
+    Env,
+    integer,
+    log_level,
+    number,
+    own_token,
+    readable_file,
+    service_targets,
+    tokens,
+)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def public_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL such as https://crm.example.com")
+    if parts.query or parts.fragment:
+        raise ValueError("expected a base URL without a query or fragment")
+    return raw.rstrip("/")
+
+
+def session_secret(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("expected at least 32 characters")
+    return raw
+
+
+def directory(raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_dir():
+        raise ValueError("no such directory")
+    return path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway process reads from its environment."""
+
+    # {token: principal}, as services.shared.config reads CRM_API_TOKENS.
+    tokens: dict[str, str] = field(repr=False)
+    targets: dict[str, str]
+    session_secret: bytes = field(repr=False)
+    service_token: str = field(repr=False, default="")
+    twilio_auth_token: str = field(repr=False, default="")
+    tls_ca: Path | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    session_seconds: int = 8 * 3600
+    deadline_seconds: float = 10.0
+    max_body_bytes: int = 64 * 1024
+    heartbeat_seconds: float = 15.0
+    history_max: int = 1000
+    static_dir: Path = STATIC_DIR
+    shutdown_grace: float = 10.0
+    bind_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    def token_of(self, principal: str) -> str | None:
+        """The token a principal's session presents upstream, so it acts as itself."""
+        return own_token(self.tokens, principal) or None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = Env(environ)
+        accepted: dict[str, str] = env.get("CRM_API_TOKENS", tokens, {})
+        twilio_token = env.str("TWILIO_AUTH_TOKEN")
+        service_token = env.str("CRM_SERVICE_TOKEN") or own_token(accepted, "gateway")
+        if twilio_token and not service_token:
+            raise ConfigError(
+                "TWILIO_AUTH_TOKEN is set but the gateway has no token of its own to forward "
+                "webhooks with: add a `gateway:<token>` entry to CRM_API_TOKENS or set "
+                "CRM_SERVICE_TOKEN"
+            )
+        secret = env.get("CRM_SESSION_SECRET", session_secret, "")
+        return cls(
+            tokens=accepted,
+            targets=service_targets(env),
+            session_secret=secret.encode() if secret else derived_secret(accepted),
+            service_token=service_token,
+            twilio_auth_token=twilio_token,
+            tls_ca=env.get("CRM_TLS_CA", readable_file, None),
+            public_url=env.get("CRM_PUBLIC_URL", public_url, "http://127.0.0.1:8080"),
+            session_seconds=env.get("CRM_SESSION_SECONDS", integer(60, 30 * 86400), 8 * 3600),
+            deadline_seconds=env.get("CRM_GATEWAY_DEADLINE_SECONDS", number(0.05, 300), 10.0),
+            max_body_bytes=env.get(
+                "CRM_GATEWAY_MAX_BODY_BYTES", integer(1024, 16 * 1024 * 1024), 64 * 1024
+            ),
+            heartbeat_seconds=env.get("CRM_SSE_HEARTBEAT_SECONDS", number(0.05, 15), 15.0),
+            history_max=env.get("CRM_LEGACY_HISTORY_MAX", integer(1, 10_000), 1000),
+            static_dir=env.get("CRM_GATEWAY_STATIC_DIR", directory, STATIC_DIR),
+            shutdown_grace=env.get("CRM_SHUTDOWN_GRACE_SECONDS", number(0, 300), 10.0),
+            bind_host=env.str("CRM_BIND_HOST", "127.0.0.1"),
+            log_level=env.get("CRM_LOG_LEVEL", log_level, "INFO"),
+        )
+
+
+def derived_secret(accepted: Mapping[str, str]) -> bytes:
+    """A session secret every replica given the same CRM_API_TOKENS agrees on.
+
+    Without tokens nobody can log in, so any secret will do.
+    """
+    if not accepted:
+        return secrets.token_bytes(32)
+    material = "\n".join(sorted(f"{who}:{token}" for token, who in accepted.items()))
+    return hashlib.sha256(b"closed-loop gateway sessions\0" + material.encode()).digest()
