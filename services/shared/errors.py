@@ -114,6 +114,9 @@ class Unauthenticated(DomainError):
 
 class Unavailable(DomainError):
     reason = "UNAVAILABLE"
+    # Whether a client's automatic retry (its channel's retry policy) may help
+    # at once; False tells it not to retry, as when a breaker is open.
+    retry_now = True
 
     def __init__(
         self,

@@ -145,7 +145,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         except errors.DomainError as error:
             refusal = status.to_status(error, self.domain)
             code = code_pb2.Code.Name(refusal.code)
-            await status.abort(ctx, refusal)
+            await status.abort(ctx, refusal,
+                               retry_now=getattr(error, "retry_now", True))
         except grpc.aio.AbortError:
             code = _aborted_code(ctx)
             raise

@@ -81,9 +81,23 @@ def is_final(status: status_pb2.Status) -> bool:
     return status.code not in TRANSIENT_CODES
 
 
-async def abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> NoReturn:
-    await context.abort_with_status(rpc_status.to_status(status))
+async def abort(
+    context: grpc.aio.ServicerContext, status: status_pb2.Status, *, retry_now: bool = True
+) -> NoReturn:
+    """End the call with `status`. `retry_now=False` asks the caller's gRPC retry
+    policy not to retry (gRPC's retry pushback), when retrying cannot help yet."""
+    refusal = rpc_status.to_status(status)
+    if not retry_now:
+        refusal = _WithPushback(refusal)
+    await context.abort_with_status(refusal)
     raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+class _WithPushback(grpc.Status):  # type: ignore[misc]
+    def __init__(self, status: grpc.Status) -> None:
+        self.code = status.code
+        self.details = status.details
+        self.trailing_metadata = (*status.trailing_metadata, ("grpc-retry-pushback-ms", "-1"))
 
 
 def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:

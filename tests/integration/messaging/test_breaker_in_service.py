@@ -32,13 +32,17 @@ async def fail_until_open(stub: Stub, lead_id: str) -> None:
 
 
 @pytest.fixture
-async def slow_to_close(
-    start_messaging: Callable[..., object], channel_for: Callable[..., grpc.aio.Channel]
+async def slow_server(start_messaging: Callable[..., object]) -> RunningService:
+    """A messaging server whose breaker stays open 30 s."""
+    return await start_messaging(CRM_SMS_BREAKER_RESET_SECONDS="30")  # type: ignore[misc, no-any-return]
+
+
+@pytest.fixture
+def slow_to_close(
+    slow_server: RunningService, channel_for: Callable[..., grpc.aio.Channel]
 ) -> Stub:
-    """A messaging server whose breaker stays open 30 s, on a channel without retries."""
-    server: RunningService = await start_messaging(  # type: ignore[misc]
-        CRM_SMS_BREAKER_RESET_SECONDS="30")
-    return Stub(channel_for(server.target, retries=False))
+    """That server, on a channel without retries."""
+    return Stub(channel_for(slow_server.target, retries=False))
 
 
 async def test_an_outage_opens_the_breaker_then_sends_fail_fast_without_reaching_twilio(
@@ -152,3 +156,22 @@ async def test_the_breaker_keeps_time_in_any_time_zone(
         assert status.state == pb.CLOSED
     finally:
         await asyncio.to_thread(process.terminate)
+
+
+async def test_an_open_breaker_is_answered_at_once_even_to_a_retrying_client(
+    slow_server: RunningService, slow_to_close: Stub, lead: leads_pb2.Lead,
+    twilio: TwilioDouble, channel_for: Callable[..., grpc.aio.Channel],
+) -> None:
+    twilio.outage()
+    await fail_until_open(slow_to_close, lead.lead_id)
+    status = await slow_to_close.GetProviderStatus(pb.GetProviderStatusRequest())
+    assert status.state == pb.OPEN
+    # The default channel retries UNAVAILABLE; the refusal's pushback stops it.
+    retrying_calls = Stub(channel_for(slow_server.target))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(grpc.aio.AioRpcError) as fast:
+        await send(retrying_calls, lead.lead_id)
+    assert refusal(fast.value).reason == "PROVIDER_CIRCUIT_OPEN"
+    assert asyncio.get_running_loop().time() - started < 0.5
+    after = await slow_to_close.GetProviderStatus(pb.GetProviderStatusRequest())
+    assert after.short_circuited_count == status.short_circuited_count + 1, "one call, no retries"
