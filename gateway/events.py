@@ -23,8 +23,12 @@ services the filters leave out are carried along unchanged.
 
 - The first message is an `event: bookmark` (with `retry:`), sent once every
   followed stream has sent its first bookmark: from then on the page misses
-  nothing. Upstream bookmarks that follow (heartbeats) are forwarded as
-  `event: bookmark`; they advance the id.
+  nothing. A service that has not answered within LIVE_WITHOUT_AFTER seconds
+  does not hold the others back: the stream goes live without it, with a
+  bookmark whose data names it (`{"type": "bookmark", "unavailable": [...]}`),
+  and its events join once it answers, from its cursor in the id. Upstream
+  bookmarks that follow (heartbeats) are forwarded as `event: bookmark`; they
+  advance the id.
 - `: heartbeat` comments go out every CRM_SSE_HEARTBEAT_SECONDS (15).
 - An upstream stream that ends or fails is subscribed again from its last
   cursor, with backoff. A cursor past the upstream's retention (OUT_OF_RANGE)
@@ -74,6 +78,8 @@ QUERY_KEYS = {"lead_id", "appointment_id", "types", "last_event_id"}
 MAX_ID_LENGTH = 4096
 MAX_CURSOR_LENGTH = 512
 RECONNECT_MS = 2000
+# How long the merged stream waits for every service before going live without some.
+LIVE_WITHOUT_AFTER = 3.0
 # Refusals that a new subscription would get again: the browser must hear of them.
 FINAL_CODES = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
@@ -244,6 +250,7 @@ class _Stream:
         self._held: list[Reset] = []
         self._next_heartbeat = 0.0
         self._start_by = 0.0
+        self._live_by = 0.0
 
     # -- the followers -----------------------------------------------------------
 
@@ -303,13 +310,14 @@ class _Stream:
 
     async def _write(self, closing: asyncio.Task[Any]) -> web.StreamResponse:
         """Write what the followers hand over until the browser or the gateway goes."""
-        self._start_by = time.monotonic() + min(5.0, self.heartbeat)
+        now = time.monotonic()
+        self._start_by = now + min(5.0, self.heartbeat)
+        self._live_by = now + LIVE_WITHOUT_AFTER
         while True:
             if self._getter is None:
                 self._getter = asyncio.create_task(self.queue.get())
-            wake = self._next_heartbeat if self.response is not None else self._start_by
             done, _ = await asyncio.wait({self._getter, closing},
-                                         timeout=max(0.0, wake - time.monotonic()),
+                                         timeout=max(0.0, self._wake_at() - time.monotonic()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if closing in done:
                 return await self._finish()
@@ -318,20 +326,49 @@ class _Stream:
                 item = self._getter.result()
                 self._getter = None
                 ended = await self._handle(item)
-            due = self._start_by if self.response is None else self._next_heartbeat
-            if ended is None and time.monotonic() >= due:
-                # Headers go out by now even if an upstream is slow to go live, and
-                # heartbeats keep their beat however busy the stream is.
-                ended = await self._tick()
+            if ended is None:
+                ended = await self._on_time()
             if ended is not None:
                 return ended
 
-    async def _tick(self) -> web.StreamResponse | None:
+    def _wake_at(self) -> float:
+        moments = [self._start_by if self.response is None else self._next_heartbeat]
+        if not self.live.is_set():
+            moments.append(self._live_by)
+        return min(moments)
+
+    async def _on_time(self) -> web.StreamResponse | None:
+        """What is due now: headers, going live without a silent service, a heartbeat."""
+        now = time.monotonic()
+        if self.response is None and now >= self._start_by:
+            # Headers go out by now even if an upstream is slow to go live.
+            await self._start()
+        if not self.live.is_set() and now >= self._live_by:
+            return await self._go_live_without_the_silent()
+        if self.response is not None and now >= self._next_heartbeat:
+            # Heartbeats keep their beat however busy the stream is.
+            self._next_heartbeat = now + self.heartbeat
+            return None if await self._send(b": heartbeat\n\n") else self.response
+        return None
+
+    async def _go_live_without_the_silent(self) -> web.StreamResponse | None:
+        """A service that cannot be reached must not hold back the others' events.
+
+        Its cursor stays as it was in the composite id, and its follower keeps
+        trying: once it answers, its events flow from that cursor on (from the
+        head, for a browser that never had one of its cursors).
+        """
         if self.response is None:
             await self._start()
-            return None
-        self._next_heartbeat = time.monotonic() + self.heartbeat
-        return None if await self._send(b": heartbeat\n\n") else self.response
+        self.live.set()
+        silent = sorted(self._waiting)
+        log.warning("events are live without %s", ", ".join(silent))
+        data = {"type": "bookmark", "cursor": "", "unavailable": silent}
+        text = (f"event: bookmark\nid: {encode_id(self.cursors)}\nretry: {RECONNECT_MS}\n"
+                f"data: {json.dumps(data, separators=(',', ':'))}\n\n")
+        if not await self._send(text.encode()):
+            return self._gone()
+        return await self._flush_held()
 
     async def _handle(self, item: Item) -> web.StreamResponse | None:
         """Write one item; the response once the stream is over, else None."""
@@ -346,10 +383,10 @@ class _Stream:
         event: Any = item.event
         if event.cursor:
             self.cursors[item.service] = event.cursor
+        self._waiting.discard(item.service)
         if self.live.is_set():
             return None if await self._event(item) else self._gone()
         # Before the merged stream is live only first bookmarks arrive.
-        self._waiting.discard(item.service)
         if self._waiting:
             return None
         if self.response is None:
@@ -357,6 +394,9 @@ class _Stream:
         self.live.set()
         if not await self._event(item, retry=True):
             return self._gone()
+        return await self._flush_held()
+
+    async def _flush_held(self) -> web.StreamResponse | None:
         for reset in self._held:
             if not await self._reset(reset):
                 return self._gone()

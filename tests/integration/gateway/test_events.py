@@ -305,3 +305,16 @@ async def test_shutdown_ends_every_stream_cleanly(
                 pass
         await asyncio.wait_for(stopping, 5)
     await wait_until(lambda: leads_server.runtime.feed.subscribers == 0, timeout=5)
+
+
+async def test_a_service_that_cannot_be_reached_does_not_hold_back_the_others(
+    api: aiohttp.ClientSession,
+) -> None:
+    # Bookings and messaging are down behind this gateway; leads is up.
+    async with listen(api) as stream:
+        first = await stream.next()
+        assert first is not None and first.event == "bookmark"
+        assert first.data["unavailable"] == ["bookings", "messaging"]
+        lead = await create_lead(api)
+        (created,) = await stream.events(1)
+        assert (created.event, created.data["lead"]["leadId"]) == ("lead.created", lead["leadId"])
