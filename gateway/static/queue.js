@@ -1,0 +1,244 @@
+// Presses, sent in order, each exactly once, even across lost connections and reloads.
+//
+// A press gets its idempotency key the moment it is pressed and is written to
+// localStorage before anything is sent. It leaves the queue only when the server
+// has answered it for good. Until then it is sent again (the `online` event, a
+// periodic retry, a timer) with the same key, so a request that did reach the
+// server before the connection dropped is answered from the server's stored
+// outcome (Idempotent-Replayed) instead of running twice.
+//
+//   answer                                        what happens to the press
+//   2xx (replayed or not)                         done: success
+//   a final refusal (400, 404, 409 conflict …)    done: shown as refused
+//   503 PROVIDER_CIRCUIT_OPEN                     done: refused, "retry in N s"; the
+//                                                 text is not re-sent by itself (it may
+//                                                 be stale by then): Send again reuses
+//                                                 its key, so the service takes over
+//                                                 the message it recorded
+//   network error, 502/503/504, 408, 429          kept; sent again after a backoff
+//   409 IDEMPOTENCY_KEY_IN_USE                    kept; the first is still running:
+//                                                 asked again shortly
+//   401                                           kept until the user signs in again
+//
+// A press is only ever sent by the principal who made it: if someone else signs
+// in on this browser, it waits for its owner.
+//
+// Tabs of one browser share the queue. Web Locks make every read-modify-write of
+// it atomic and let one tab at a time send, so presses keep their order; the
+// answers go to every tab over a BroadcastChannel.
+
+import { ApiError, NetworkError, currentSession, newKey, request } from "./api.js";
+
+const STORAGE_KEY = "closed-loop:presses:v1";
+const QUEUE_LOCK = "closed-loop:presses";
+const SEND_LOCK = "closed-loop:sending";
+const RETRY_EVERY_MS = 5000;
+const IN_USE_RETRY_MS = 300;
+const MAX_BACKOFF_MS = 30000;
+
+const changeListeners = new Set();
+const outcomeListeners = new Set();
+const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel("closed-loop:outcomes") : null;
+
+let memory = []; // where the queue lives if localStorage is unavailable
+let sending = null; // the id of the press this tab has on the wire
+let draining = false;
+let again = false;
+let timer = null;
+
+function read() {
+  try {
+    const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? "[]");
+    return Array.isArray(stored) ? stored : [];
+  } catch {
+    return memory;
+  }
+}
+
+function write(queue) {
+  memory = queue;
+  try {
+    localStorage.setItem(STORAGE_KEY, JSON.stringify(queue));
+  } catch {
+    // Storage full or disabled: the queue lives in memory for this tab only.
+  }
+}
+
+function withLock(name, task) {
+  return navigator.locks ? navigator.locks.request(name, task) : task();
+}
+
+async function mutate(change) {
+  await withLock(QUEUE_LOCK, () => write(change(read())));
+  notify();
+}
+
+function notify() {
+  for (const listener of changeListeners) listener();
+}
+
+/** Every press not yet answered, oldest first. */
+export function presses() {
+  return read();
+}
+
+/** The press this tab is sending right now, if any. */
+export function sendingId() {
+  return sending;
+}
+
+/** True when presses wait for the connection (rather than just being on the wire). */
+export function waiting() {
+  const queue = read();
+  return queue.length > 0 && (!navigator.onLine || queue.some((item) => item.held));
+}
+
+export function onChange(listener) {
+  changeListeners.add(listener);
+}
+
+/** listener({id, control, intent, label, ok, data, replayed, error}) in every tab. */
+export function onOutcome(listener) {
+  outcomeListeners.add(listener);
+}
+
+/**
+ * Record a press and send it as soon as it can be sent.
+ * spec: {control, label, intent, method, path, body, key?}: `key` only to send
+ * again a press the server did not carry out for a transient reason.
+ */
+export async function press(spec) {
+  const item = {
+    ...spec,
+    id: newKey(),
+    key: spec.key ?? newKey(),
+    principal: currentSession()?.principal ?? "",
+    pressedAt: new Date().toISOString(),
+    attempts: 0,
+    held: false,
+    problem: null,
+  };
+  await mutate((queue) => {
+    item.held = !navigator.onLine || queue.some((other) => other.held);
+    return [...queue, item];
+  });
+  drain();
+  return item;
+}
+
+/** Send what is queued, in order, one at a time across all tabs. */
+export function drain() {
+  if (draining) {
+    again = true;
+    return;
+  }
+  draining = true;
+  clearTimeout(timer);
+  timer = null;
+  withLock(SEND_LOCK, sendInOrder)
+    .catch(() => later(RETRY_EVERY_MS))
+    .finally(() => {
+      draining = false;
+      sending = null;
+      if (again) {
+        again = false;
+        drain();
+      }
+    });
+}
+
+async function sendInOrder() {
+  for (;;) {
+    const head = read()[0];
+    if (!head) return;
+    if (!navigator.onLine) {
+      if (!head.held) await hold(head, { reason: "OFFLINE", message: "this browser is offline" }, true, false);
+      return; // the `online` event sends it
+    }
+    const session = currentSession();
+    if (!session) return; // signing in again sends it
+    if (head.principal && head.principal !== session.principal) return; // theirs, not ours
+    sending = head.id;
+    notify();
+    const verdict = await attempt(head);
+    sending = null;
+    if ("retryIn" in verdict) {
+      await hold(head, verdict.problem, verdict.held);
+      if (verdict.retryIn !== null) later(verdict.retryIn);
+      else notify();
+      return;
+    }
+    // Answer first, then forget: every screen shows the result before the
+    // optimistic overlay goes, so nothing flickers back.
+    publish({
+      id: head.id, key: head.key, control: head.control, intent: head.intent,
+      label: head.label, ...verdict, at: Date.now(),
+    });
+    await mutate((queue) => queue.filter((item) => item.id !== head.id));
+  }
+}
+
+async function attempt(item) {
+  try {
+    const answer = await request(item.method, item.path, { body: item.body, key: item.key });
+    return { ok: true, data: answer.data, replayed: answer.replayed };
+  } catch (error) {
+    if (error instanceof NetworkError) {
+      return { retryIn: backoff(item.attempts), held: true,
+               problem: { reason: "OFFLINE", message: "the server could not be reached" } };
+    }
+    if (!(error instanceof ApiError)) throw error;
+    if (error.reason === "IDEMPOTENCY_KEY_IN_USE") {
+      return { retryIn: IN_USE_RETRY_MS, held: item.held, problem: error.plain() };
+    }
+    if (error.httpStatus === 401) return { retryIn: null, held: true, problem: error.plain() };
+    if (isTransient(error)) {
+      const wait = Math.max(backoff(item.attempts), (error.retryAfter ?? 0) * 1000);
+      return { retryIn: wait, held: true, problem: error.plain() };
+    }
+    return { ok: false, error: error.plain() };
+  }
+}
+
+// Outcomes the server does not store: the same key runs again, still only once.
+function isTransient(error) {
+  if ([408, 429, 499, 502, 504].includes(error.httpStatus)) return true;
+  return error.httpStatus === 503 && error.reason !== "PROVIDER_CIRCUIT_OPEN";
+}
+
+function backoff(attempts) {
+  const ceiling = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** attempts);
+  return 500 + Math.random() * ceiling;
+}
+
+async function hold(head, problem, held, tried = true) {
+  await mutate((queue) => queue.map((item) => (item.id === head.id
+    ? { ...item, attempts: item.attempts + (tried ? 1 : 0), held: item.held || Boolean(held), problem }
+    : item)));
+}
+
+function later(ms) {
+  clearTimeout(timer);
+  timer = setTimeout(drain, ms);
+}
+
+function publish(outcome) {
+  for (const listener of outcomeListeners) listener(outcome);
+  channel?.postMessage(outcome);
+}
+
+/** Start sending: now, when the browser comes back online, and every few seconds. */
+export function start() {
+  channel?.addEventListener("message", (message) => {
+    for (const listener of outcomeListeners) listener({ ...message.data, remote: true });
+  });
+  window.addEventListener("online", () => drain());
+  window.addEventListener("offline", () => notify());
+  window.addEventListener("storage", (event) => {
+    if (event.key === STORAGE_KEY || event.key === null) notify();
+  });
+  setInterval(() => {
+    if (read().length) drain();
+  }, RETRY_EVERY_MS);
+  drain();
+}
