@@ -107,8 +107,6 @@ class CircuitOpen(Unavailable):
     """The provider was not called: the breaker is open, or a trial is under way."""
 
     reason = "PROVIDER_CIRCUIT_OPEN"
-    # An automatic retry would meet the same open breaker: answer at once.
-    retry_now = False
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(0.0, retry_after)

@@ -10,6 +10,11 @@ deadline (10 s unless the call sets its own; none on Subscribe streams), and
 retries UNAVAILABLE with exponential backoff as declared in its service config.
 gRPC's own retries resend the same metadata, so one idempotency key covers
 every attempt of one logical call.
+
+Those retries are for a server that could not be reached (down, restarting,
+draining): the next attempt may reach another replica. An UNAVAILABLE a
+service answers itself comes after it retried within the deadline, and carries
+gRPC's retry pushback so that the channel does not retry it again.
 """
 
 from __future__ import annotations

@@ -114,9 +114,13 @@ class Unauthenticated(DomainError):
 
 class Unavailable(DomainError):
     reason = "UNAVAILABLE"
-    # Whether a client's automatic retry (its channel's retry policy) may help
-    # at once; False tells it not to retry, as when a breaker is open.
-    retry_now = True
+    # Whether the caller's channel may retry this refusal at once. A service
+    # answers UNAVAILABLE itself only after retrying within the caller's
+    # deadline (the database, another service, the SMS provider), so by default
+    # it asks the channel not to retry (gRPC's retry pushback): retries at every
+    # hop would multiply into a missed deadline. Channels still retry when no
+    # server could be reached at all, which is when another replica helps.
+    retry_now = False
 
     def __init__(
         self,

@@ -129,6 +129,12 @@ async def test_a_not_found_outcome_is_replayed(leads: Stub) -> None:
         assert refusal(failed.value).reason == "LEAD_NOT_FOUND"
 
 
+class Blip(Unavailable):
+    """A failure a channel may retry at once, as when a server cannot be reached."""
+
+    retry_now = True
+
+
 class FlakyUnitOfWork(SqlLeadsUnitOfWork):
     """The real unit of work, failing its next commits on command."""
 
@@ -176,7 +182,7 @@ async def test_the_client_retry_policy_resends_the_key_so_a_transient_failure_ha
     flaky_server: RunningService, channel_for: Callable[..., grpc.aio.Channel]
 ) -> None:
     stub = Stub(channel_for(flaky_server.target, "alice"))
-    FlakyUnitOfWork.failures.extend([Unavailable("down"), Unavailable("still down")])
+    FlakyUnitOfWork.failures.extend([Blip("down"), Blip("still down")])
     lead, headers = await call_with_metadata(stub, new_key())
     assert lead.status == pb.NEW and "idempotent-replayed" not in headers
     assert not FlakyUnitOfWork.failures

@@ -86,6 +86,12 @@ async def test_while_leads_is_down_a_booking_is_unavailable_and_its_retry_books_
         await leads_server.stop(grace=1, drain=0)
 
 
+class Restarting(Unavailable):
+    """What a caller's channel may retry at once, as a server going away."""
+
+    retry_now = True
+
+
 class FlakyLeadsApi(LeadsApi):
     """The real leads servicer, whose GetLead fails on command before answering."""
 
@@ -101,7 +107,7 @@ class FlakyLeadsApi(LeadsApi):
             await FlakyLeadsApi.stall.wait()
         if FlakyLeadsApi.unavailable > 0:
             FlakyLeadsApi.unavailable -= 1
-            raise Unavailable("leads is restarting", reason="RESTARTING")
+            raise Restarting("leads is restarting", reason="RESTARTING")
         return await super().GetLead(request, context)
 
 
