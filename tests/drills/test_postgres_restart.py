@@ -58,7 +58,9 @@ async def test_services_answer_unavailable_while_postgres_is_down_and_recover_al
                     first_ok_after[n % 2] = time.monotonic() - restarted_at
             except grpc.aio.AioRpcError as error:
                 outcomes[error.code().name] += 1
+                slowest = max(slowest, time.monotonic() - started)
                 await asyncio.sleep(0.05)
+                continue
             slowest = max(slowest, time.monotonic() - started)
 
     try:
@@ -76,9 +78,9 @@ async def test_services_answer_unavailable_while_postgres_is_down_and_recover_al
         stop.set()
         await asyncio.gather(*clients)
 
+        # Never INTERNAL, and never a hang: a hang would be DEADLINE_EXCEEDED.
         assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
         assert down.get("UNAVAILABLE", 0) > 0
-        assert slowest < DEADLINE, "every answer came before the caller's deadline"
         recovery = max(first_ok_after.values())
         assert recovery < 10.0
         found = 0
