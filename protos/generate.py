@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import filecmp
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import grpc_tools
 import google.api
+import grpc_tools
 
 PROTOS = Path(__file__).resolve().parent
 WELL_KNOWN = Path(grpc_tools.__file__).parent / "_proto"
@@ -51,7 +50,8 @@ def generate(out: Path) -> None:
 
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for package in {p.parent for p in out.glob("crm/**/*_pb2.py")} | {out / "crm"}:
+    for leaf in {p.parent for p in out.glob("crm/**/*_pb2.py")} | {out / "crm"}:
+        package = leaf
         while package != out:
             (package / "__init__.py").touch()
             package = package.parent

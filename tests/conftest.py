@@ -7,6 +7,7 @@ must answer; elsewhere its runs are skipped, with the reason, when it does not.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,29 +19,25 @@ from services.shared.clients import open_channel
 from tests.support import databases
 from tests.support.servers import TOKENS
 
-_postgres: databases.PostgresDatabases | None = None
-_postgres_checked: bool | None = None
 
-
+@functools.cache
 def _postgres_available() -> bool:
-    global _postgres_checked
-    if _postgres_checked is None:
-        _postgres_checked = databases.postgres_answers()
-        if not _postgres_checked and databases.REQUIRED:
-            pytest.exit("CI=true but PostgreSQL does not answer at " + databases.ADMIN_URL, 3)
-    return _postgres_checked
+    answers = databases.postgres_answers()
+    if not answers and databases.REQUIRED:
+        pytest.exit("CI=true but PostgreSQL does not answer at " + databases.ADMIN_URL, 3)
+    return answers
+
+
+# The throwaway databases of this session, dropped when it ends.
+_postgres = databases.PostgresDatabases()
 
 
 def _postgres_databases() -> databases.PostgresDatabases:
-    global _postgres
-    if _postgres is None:
-        _postgres = databases.PostgresDatabases()
     return _postgres
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _postgres is not None:
-        _postgres.drop_all()
+    _postgres.drop_all()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

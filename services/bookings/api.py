@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import TypeAlias
 
 import grpc
 from crm.bookings.v1 import bookings_pb2 as pb
@@ -19,7 +20,7 @@ from services.shared.events import Filter
 from services.shared.idempotency import idempotent, reads
 from services.shared.runtime import ServiceRuntime
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 # Of the caller's remaining time, what the call to the leads service leaves
 # over (at most this much), so that its failure still reaches the caller in time.
@@ -153,7 +154,7 @@ def _change(appointment_id: str, reason: str = "") -> service.ChangeStatus:
 
 def _time_for_leads(context: Context) -> float | None:
     """The caller's remaining time, less a margin to answer in; None: the channel's default."""
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return None
     return max(0.0, remaining - min(ANSWER_MARGIN, remaining / 10))

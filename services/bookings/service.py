@@ -42,7 +42,7 @@ class BookingsUnitOfWork(Protocol):
 class Leads(Protocol):
     """The leads service, as `services.shared.lead_lookup.LeadLookup` asks it."""
 
-    async def get(self, lead_id: str, *, timeout: float | None) -> object:  # noqa: ASYNC109
+    async def get(self, lead_id: str, *, deadline_seconds: float | None) -> object:
         """The lead; raises LEAD_NOT_FOUND, or LEADS_UNAVAILABLE when nobody can say."""
 
 
@@ -76,7 +76,7 @@ async def check_booking(
     """Refuse a bad request (naming every bad field) or an unknown lead, before booking."""
     domain.check_booking(lead_id=cmd.lead_id, agent_id=cmd.agent_id, start_time=cmd.start_time,
                          end_time=cmd.end_time, notes=cmd.notes)
-    await leads.get(cmd.lead_id, timeout=time_remaining)
+    await leads.get(cmd.lead_id, deadline_seconds=time_remaining)
     return cmd
 
 

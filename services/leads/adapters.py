@@ -21,14 +21,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.leads import messages
+from services.leads.domain import Lead, LeadNotFound, LeadStatus, StatusChange
 from services.shared.db import UTCDateTime
 from services.shared.errors import Aborted
 from services.shared.events import EventRecord
 from services.shared.schema import shared_tables
 from services.shared.uow import UnitOfWork
-
-from services.leads import messages
-from services.leads.domain import Lead, LeadNotFound, LeadStatus, StatusChange
 
 metadata = MetaData()
 shared = shared_tables(metadata, "leads")
@@ -146,7 +145,7 @@ class SqlLeadRepository:
             )
         )
 
-    async def list(
+    async def newest(
         self, status: LeadStatus | None, after: list[object] | None, limit: int
     ) -> list[Lead]:
         """Newest first; `after` is the (created_at, lead_id) of the last lead served."""

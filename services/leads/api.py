@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import TypeAlias
 
 import grpc
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
+from services.leads import messages, service
+from services.leads.adapters import SqlLeadsUnitOfWork
 from services.shared import paging, subscribe
 from services.shared.context import current_call
 from services.shared.errors import InvalidArgument
@@ -16,10 +19,7 @@ from services.shared.events import Filter
 from services.shared.idempotency import idempotent, reads
 from services.shared.runtime import ServiceRuntime
 
-from services.leads import messages, service
-from services.leads.adapters import SqlLeadsUnitOfWork
-
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
@@ -53,7 +53,7 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
         after = paging.decode(request.page_token, query)
         if after is not None:
             after = [_instant(after[0]), str(after[1])]
-        found = await uow.leads.list(wanted, after, size + 1)
+        found = await uow.leads.newest(wanted, after, size + 1)
         page = found[:size]
         token = ""
         if len(found) > size:

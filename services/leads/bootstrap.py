@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from crm.leads.v1 import leads_pb2_grpc
-from services.shared.runtime import ServiceRuntime
-from services.shared.server import ServiceSpec
 
 from services.leads.adapters import SqlLeadsUnitOfWork, shared
 from services.leads.api import LeadsApi
+from services.shared.runtime import ServiceRuntime
+from services.shared.server import ServiceSpec
 
 
 async def build(runtime: ServiceRuntime) -> LeadsApi:

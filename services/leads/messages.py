@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from crm.leads.v1 import leads_pb2 as pb
-from services.shared.errors import InvalidArgument
-from services.shared.events import EventRecord
-from services.shared.protos import timestamp
 
 from services.leads.domain import (
     Lead,
@@ -15,6 +12,9 @@ from services.leads.domain import (
     LeadStatusChanged,
     StatusChange,
 )
+from services.shared.errors import InvalidArgument
+from services.shared.events import EventRecord
+from services.shared.protos import timestamp
 
 _TO_PROTO = {status: pb.LeadStatus.Value(status.name) for status in LeadStatus}
 _FROM_PROTO = {number: status for status, number in _TO_PROTO.items()}

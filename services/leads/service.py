@@ -8,9 +8,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.shared import errors, validation
-from services.shared.db import utcnow
-
 from services.leads.domain import (
     MAX_BATCH_SIZE,
     BatchRefused,
@@ -20,21 +17,26 @@ from services.leads.domain import (
     StatusChange,
     StatusUnchanged,
 )
+from services.shared import errors, validation
+from services.shared.db import utcnow
 
 
 class LeadRepository(Protocol):
     async def add(self, lead: Lead) -> None: ...
     async def get(self, lead_id: str, *, for_update: bool = False) -> Lead: ...
-    async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]: ...
+    async def get_many(
+        self, lead_ids: list[str], *, for_update: bool = False
+    ) -> dict[str, Lead]: ...
     async def save(self, lead: Lead, change: StatusChange) -> None: ...
-    async def list(self, status: LeadStatus | None, after: list[object] | None,
-                   limit: int) -> list[Lead]: ...
+    async def newest(self, status: LeadStatus | None, after: list[object] | None,
+                     limit: int) -> list[Lead]: ...
     async def list_changes(self, lead_id: str, after: int | None,
                            limit: int) -> list[tuple[int, StatusChange]]: ...
 
 
 class LeadsUnitOfWork(Protocol):
-    leads: LeadRepository
+    @property
+    def leads(self) -> LeadRepository: ...
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.shared.db import UTCDateTime
-from services.shared.errors import Aborted
-from services.shared.events import EventRecord
-from services.shared.schema import shared_tables
-from services.shared.uow import UnitOfWork
-
 from services.messaging import messages as convert
 from services.messaging.domain import (
     Direction,
@@ -40,6 +34,11 @@ from services.messaging.domain import (
     Recipient,
 )
 from services.messaging.segments import Encoding
+from services.shared.db import UTCDateTime
+from services.shared.errors import Aborted
+from services.shared.events import EventRecord
+from services.shared.schema import shared_tables
+from services.shared.uow import UnitOfWork
 
 metadata = MetaData()
 shared = shared_tables(metadata, "messaging")

@@ -5,11 +5,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import TypeAlias
 
 import grpc
-
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+
+from services.messaging import messages as convert
+from services.messaging.adapters import SqlMessagingUnitOfWork
+from services.messaging.breaker import ProviderBreaker
+from services.messaging.domain import PROVIDER_STATUSES, Message, MessageNotFound, consent_keyword
+from services.messaging.providers import SmsProvider
+from services.messaging.sending import SmsSender
 from services.shared import paging, subscribe, validation
 from services.shared.context import current_call
 from services.shared.db import utcnow
@@ -19,14 +26,7 @@ from services.shared.idempotency import idempotent, reads
 from services.shared.phones import to_e164
 from services.shared.runtime import ServiceRuntime
 
-from services.messaging import messages as convert
-from services.messaging.adapters import SqlMessagingUnitOfWork
-from services.messaging.breaker import ProviderBreaker
-from services.messaging.domain import PROVIDER_STATUSES, Message, MessageNotFound, consent_keyword
-from services.messaging.providers import SmsProvider
-from services.messaging.sending import SmsSender
-
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 UoW = SqlMessagingUnitOfWork
 MAX_INBOUND_BODY = 1600
 

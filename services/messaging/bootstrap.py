@@ -9,12 +9,6 @@ import logging
 from pathlib import Path
 
 from crm.messaging.v1 import messaging_pb2_grpc
-from services.shared import metrics
-from services.shared.clients import open_channel
-from services.shared.db import retrying
-from services.shared.lead_lookup import LeadLookup
-from services.shared.runtime import ServiceRuntime
-from services.shared.server import ServiceSpec
 
 from services.messaging import messages as convert
 from services.messaging.adapters import SqlMessagingUnitOfWork, shared
@@ -23,6 +17,12 @@ from services.messaging.breaker import BreakerSnapshot, BreakerState, ProviderBr
 from services.messaging.providers import ConsoleProvider, SmsProvider, TwilioProvider, is_transient
 from services.messaging.sending import SmsSender
 from services.messaging.settings import SmsSettings
+from services.shared import metrics
+from services.shared.clients import open_channel
+from services.shared.db import retrying
+from services.shared.lead_lookup import LeadLookup
+from services.shared.runtime import ServiceRuntime
+from services.shared.server import ServiceSpec
 
 log = logging.getLogger(__name__)
 _GAUGE = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
-from services.shared import errors, validation
-
 from services.messaging.segments import Encoding, Measure, measure
+from services.shared import errors, validation
 
 MIN_SEGMENTS, MAX_SEGMENTS = 1, 10
 # Twilio refuses longer bodies whatever they cost in segments.

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
-
 from crm.messaging.v1 import messaging_pb2 as pb
-from services.shared.events import EventRecord
-from services.shared.protos import timestamp
+from google.protobuf import duration_pb2
 
 from services.messaging.breaker import BreakerSnapshot, BreakerState
 from services.messaging.domain import (
@@ -19,6 +16,8 @@ from services.messaging.domain import (
     MessageStatusChanged,
 )
 from services.messaging.segments import Encoding
+from services.shared.events import EventRecord
+from services.shared.protos import timestamp
 
 EVENT_TYPES = ("message.created", "message.status_changed", "recipient.opted_out",
                "recipient.opted_in", "provider.state_changed")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from services.shared.config import ConfigError, Env, integer, number
-
 from services.messaging.domain import MAX_SEGMENTS, MIN_SEGMENTS
+from services.shared.config import ConfigError, Env, integer, number
 
 TWILIO_API = "https://api.twilio.com"
 

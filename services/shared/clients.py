@@ -19,6 +19,7 @@ gRPC's retry pushback so that the channel does not retry it again.
 
 from __future__ import annotations
 
+import collections
 import json
 import uuid
 from collections.abc import Sequence
@@ -139,15 +140,13 @@ class _SyncToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
         return continuation(self._details(details), request)
 
 
-class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
-    def __init__(self, method: str, timeout: float | None, metadata: Any, credentials: Any,
-                 wait_for_ready: bool | None, compression: Any) -> None:
-        self.method = method
-        self.timeout = timeout
-        self.metadata = metadata
-        self.credentials = credentials
-        self.wait_for_ready = wait_for_ready
-        self.compression = compression
+class _Details(
+    collections.namedtuple(
+        "_Details", ["method", "timeout", "metadata", "credentials", "wait_for_ready",
+                     "compression"]),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
 
 
 def open_sync_channel(

@@ -130,7 +130,7 @@ class Settings:
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
         data_dir = Path(env.str("CRM_DATA_DIR", "var"))
-        accepted = env.get("CRM_API_TOKENS", tokens, {})
+        accepted: dict[str, str] = env.get("CRM_API_TOKENS", tokens, {})
         url = env.str(f"{service.upper()}_DATABASE_URL") or env.str("CRM_DATABASE_URL")
         if not url:
             url = f"sqlite+aiosqlite:///{data_dir / f'{service}.db'}"

@@ -31,13 +31,13 @@ from itertools import islice
 from typing import Any
 
 import psycopg
-from sqlalchemy import Row, and_, delete, func, insert, select, text, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.shared.db import Database, backoff, retrying, utcnow
 from services.shared.errors import InvalidArgument, OutOfRange
-from services.shared.validation import identifier
 from services.shared.schema import LOG_ROW_ID, SharedTables
+from services.shared.validation import identifier
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class EventLog:
         return value
 
 
-def _stored(row: Row[Any]) -> StoredEvent:
+def _stored(row: Any) -> StoredEvent:
     return StoredEvent(row.position, row.type, row.lead_id, row.subject_id, bytes(row.payload))
 
 
@@ -292,10 +292,10 @@ class EventFeed:
             return None
         return list(islice(self._ring, position + 1 - self._ring[0].position, None))
 
-    async def wait_beyond(self, position: int, timeout: float) -> bool:
-        """Wait until the head passes `position`; False on timeout or close."""
+    async def wait_beyond(self, position: int, seconds: float) -> bool:
+        """Wait up to `seconds` for the head to pass `position`; False if not (or closed)."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 while self.head <= position and not self.closed:
                     await self._advanced.wait()
         except TimeoutError:

@@ -22,14 +22,14 @@ def serving(target: str, service: str = "", timeout: float = 3.0) -> bool:
             )
         except grpc.RpcError:
             return False
-    return answer.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def main(argv: list[str]) -> int:
     if not 1 <= len(argv) <= 2:
         print(__doc__, file=sys.stderr)
         return 2
-    return 0 if serving(*argv) else 1
+    return 0 if serving(argv[0], argv[1] if len(argv) > 1 else "") else 1
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-
 from crm.leads.v1 import leads_pb2, leads_pb2_grpc
+
 from services.shared import errors, validation
 from services.shared.context import maybe_call
 
@@ -40,13 +40,14 @@ class LeadLookup:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._leads = leads_pb2_grpc.LeadsServiceStub(channel)
 
-    async def get(self, lead_id: str, *, timeout: float | None) -> LeadContact:
+    async def get(self, lead_id: str, *, deadline_seconds: float | None) -> LeadContact:
         validation.identifier(lead_id, "lead_id")
         call = maybe_call()
         metadata = (("x-request-id", call.request_id),) if call else ()
         try:
             lead = await self._leads.GetLead(
-                leads_pb2.GetLeadRequest(lead_id=lead_id), timeout=timeout, metadata=metadata
+                leads_pb2.GetLeadRequest(lead_id=lead_id), timeout=deadline_seconds,
+                metadata=metadata
             )
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.NOT_FOUND:

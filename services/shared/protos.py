@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 
 from google.protobuf import timestamp_pb2
 
 
+@overload
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp: ...
+@overload
+def timestamp(value: None) -> None: ...
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None

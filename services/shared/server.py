@@ -166,7 +166,8 @@ async def start(
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.bind_host)
         running.closers.append(_shutdown_http(metrics_server))
         running.metrics_port = metrics_server.server_port
-        log.info("metrics on :%s", running.metrics_port, extra={"metrics_port": running.metrics_port})
+        log.info("metrics on :%s", running.metrics_port,
+                 extra={"metrics_port": running.metrics_port})
     log.info("%s serving on %s", spec.service_name, address.rsplit(":", 1)[0] + f":{bound}",
              extra={"port": bound, "database": db.dialect, "tls": settings.tls.serving})
     return running

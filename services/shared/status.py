@@ -29,8 +29,10 @@ _CODES: list[tuple[type[errors.DomainError], int]] = [
 ]
 
 # Outcomes that a retry with the same idempotency key must run again.
-TRANSIENT_CODES = frozenset({code_pb2.UNAVAILABLE, code_pb2.INTERNAL, code_pb2.DEADLINE_EXCEEDED,
-                             code_pb2.UNKNOWN, code_pb2.CANCELLED, code_pb2.RESOURCE_EXHAUSTED})
+TRANSIENT_CODES = frozenset({
+    code_pb2.UNAVAILABLE, code_pb2.INTERNAL, code_pb2.DEADLINE_EXCEEDED, code_pb2.UNKNOWN,
+    code_pb2.CANCELLED, code_pb2.RESOURCE_EXHAUSTED,
+})
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -47,7 +49,9 @@ def to_status(error: errors.DomainError, domain: str) -> status_pb2.Status:
     if isinstance(error, errors.InvalidArgument) and error.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in error.violations
             ]
         )

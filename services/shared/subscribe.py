@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import grpc
+from crm.common.v1 import common_pb2
 from google.protobuf.message import Message
 
-from crm.common.v1 import common_pb2
 from services.shared import metrics
 from services.shared.events import Filter, Tick, follow, start_position
 from services.shared.protos import now

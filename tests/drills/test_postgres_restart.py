@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from services.shared.clients import idempotency, new_key
 from tests.drills.conftest import report
 from tests.support.postgres_cluster import PrivateCluster
-from tests.support.servers import ServiceProcess, environment
+from tests.support.servers import ServiceProcess, environment, wait_until
 
 DEADLINE = 2.0
 DOWN_FOR = 3.0
@@ -71,9 +71,7 @@ async def test_services_answer_unavailable_while_postgres_is_down_and_recover_al
         down = dict(outcomes)
         await asyncio.to_thread(private_cluster.start)
         restarted_at = time.monotonic()
-        async with asyncio.timeout(20):
-            while len(first_ok_after) < 2:
-                await asyncio.sleep(0.1)
+        await wait_until(lambda: len(first_ok_after) == 2, within=20)
         await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*clients)

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from services.shared.clients import idempotency, new_key
 from tests.drills.conftest import report
-from tests.support.servers import ServiceProcess, environment
+from tests.support.servers import ServiceProcess, environment, wait_until
 
 Stub = leads_pb2_grpc.LeadsServiceStub
 
@@ -59,8 +59,7 @@ async def test_kill_9_mid_load_loses_no_acknowledged_write_and_duplicates_none(
 
     try:
         clients = [asyncio.create_task(client(keys[i::6])) for i in range(6)]
-        while len(acknowledged) < 30:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: len(acknowledged) >= 30, within=30, interval=0.01)
         a.kill()
         killed_after = len(acknowledged)
         await asyncio.wait_for(asyncio.gather(*clients), 60)

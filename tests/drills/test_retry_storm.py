@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
-
 from crm.bookings.v1 import bookings_pb2, bookings_pb2_grpc
 from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from crm.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from google.protobuf.message import Message
+
 from services.shared.clients import idempotency, new_key
 from services.shared.protos import timestamp
 from tests.drills.conftest import report
@@ -102,8 +102,8 @@ async def test_a_retry_storm_on_two_replicas_of_each_service_makes_one_effect_pe
                     metadata=idempotency(key))
 
             attempts, answers = await storm(confirm)
-            confirmed = await booking_stubs[1].ListAppointments(bookings_pb2.ListAppointmentsRequest(
-                status=bookings_pb2.CONFIRMED, page_size=200))
+            confirmed = await booking_stubs[1].ListAppointments(
+                bookings_pb2.ListAppointmentsRequest(status=bookings_pb2.CONFIRMED, page_size=200))
             assert len(confirmed.appointments) == KEYS and all(len(a) == 1 for a in answers)
             changes = [await booking_stubs[0].ListAppointmentChanges(
                 bookings_pb2.ListAppointmentChangesRequest(appointment_id=a.appointment_id))

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-
 from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+
 from services.shared.clients import idempotency, new_key
 from tests.drills.conftest import report
 from tests.integration.messaging.conftest import FROM, SID, TOKEN
 from tests.support.rpc import refusal
-from tests.support.servers import ServiceProcess, environment
+from tests.support.servers import ServiceProcess, environment, wait_until
 from tests.support.twilio_double import TwilioDouble
 
 KEYS = 60
@@ -38,14 +38,13 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
 
 
 async def test_a_twilio_outage_degrades_one_button_and_recovers_without_double_texts(
-    new_database: Callable[[str], str], tmp_path: Path,
-    channel_for: Callable[..., grpc.aio.Channel],
+    postgres_url: str, tmp_path: Path, channel_for: Callable[..., grpc.aio.Channel],
 ) -> None:
     async with TwilioDouble(account_sid=SID, auth_token=TOKEN) as twilio:
-        leads = ServiceProcess("leads", environment(new_database("leads"), tmp_path))
+        leads = ServiceProcess("leads", environment(postgres_url, tmp_path))
         await asyncio.to_thread(leads.start)
         env = environment(
-            new_database("messaging"), tmp_path, CRM_LEADS_TARGET=leads.target,
+            postgres_url, tmp_path, CRM_LEADS_TARGET=leads.target,
             TWILIO_ACCOUNT_SID=SID, TWILIO_AUTH_TOKEN=TOKEN, TWILIO_FROM_NUMBER=FROM,
             TWILIO_API_BASE_URL=twilio.base_url, CRM_SMS_BREAKER_FAIL_MAX="3",
             CRM_SMS_BREAKER_RESET_SECONDS=str(RESET), CRM_SMS_RETRY_BASE_SECONDS="0.05",
@@ -91,14 +90,16 @@ async def test_a_twilio_outage_degrades_one_button_and_recovers_without_double_t
             await asyncio.sleep(0.5)
             twilio.outage()
             started = time.monotonic()
-            async with asyncio.timeout(30):  # both open, with a second of their window left
-                while min(await open_until()) < 1.2:
-                    await asyncio.sleep(0.05)
+            async def both_open_a_while() -> bool:  # with a second of their windows left
+                return min(await open_until()) >= 1.2
+
+            await wait_until(both_open_a_while, within=30, interval=0.05)
             before = twilio.arrivals
             await asyncio.sleep(1.0)
             reached_while_open = twilio.arrivals - before
             twilio.recover()
-            twilio.slow(RESET + 5.0, times=None)  # each trial hangs: everyone else arrives meanwhile
+            # Each trial hangs: everyone else arrives meanwhile.
+            twilio.slow(RESET + 5.0, times=None)
             trial_window_start = twilio.arrivals
             await asyncio.sleep(RESET + 1.0)  # past both breakers' reset timeouts
             trials = twilio.arrivals - trial_window_start

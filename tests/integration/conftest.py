@@ -7,9 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2 as leads_pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from services.leads.bootstrap import SPEC as LEADS
 from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService

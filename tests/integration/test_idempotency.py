@@ -10,11 +10,12 @@ from typing import Any, ClassVar
 
 import grpc
 import pytest
-from sqlalchemy import func, select
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
-from services.leads.adapters import SqlLeadsUnitOfWork, leads as leads_table
+from sqlalchemy import func, select
+
+from services.leads.adapters import SqlLeadsUnitOfWork
+from services.leads.adapters import leads as leads_table
 from services.leads.bootstrap import SPEC as LEADS
 from services.shared.clients import idempotency, new_key
 from services.shared.errors import Unavailable
@@ -64,7 +65,8 @@ async def test_the_same_key_with_a_different_request_is_refused_as_reused(leads:
 
 @pytest.mark.parametrize(
     ("metadata", "reason"),
-    [((), "IDEMPOTENCY_KEY_MISSING"), ((("idempotency-key", "x" * 256),), "IDEMPOTENCY_KEY_INVALID"),
+    [((), "IDEMPOTENCY_KEY_MISSING"),
+     ((("idempotency-key", "x" * 256),), "IDEMPOTENCY_KEY_INVALID"),
      ((("idempotency-key", "has space"),), "IDEMPOTENCY_KEY_INVALID")],
 )
 async def test_a_mutating_call_without_a_usable_key_is_refused_and_changes_nothing(

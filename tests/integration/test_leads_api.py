@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService
 from tests.integration.conftest import create_lead, move
@@ -124,8 +124,10 @@ async def test_list_leads_pages_newest_first_and_filters_by_status(leads: Stub) 
         await move(leads, lead.lead_id, pb.CONTACTED)
 
     first = await leads.ListLeads(pb.ListLeadsRequest(page_size=2))
-    second = await leads.ListLeads(pb.ListLeadsRequest(page_size=2, page_token=first.next_page_token))
-    third = await leads.ListLeads(pb.ListLeadsRequest(page_size=2, page_token=second.next_page_token))
+    second = await leads.ListLeads(
+        pb.ListLeadsRequest(page_size=2, page_token=first.next_page_token))
+    third = await leads.ListLeads(
+        pb.ListLeadsRequest(page_size=2, page_token=second.next_page_token))
     names = [x.name for page in (first, second, third) for x in page.leads]
     assert names == [f"Lead {i}" for i in reversed(range(5))]
     assert third.next_page_token == ""
@@ -193,7 +195,8 @@ async def test_a_batch_with_any_refusal_changes_nothing_and_names_every_offender
 
 @pytest.mark.parametrize(
     ("lead_ids", "field"),
-    [([], "lead_ids"), ([f"id-{i}" for i in range(101)], "lead_ids"), (["x", "y", "x"], "lead_ids[2]")],
+    [([], "lead_ids"), ([f"id-{i}" for i in range(101)], "lead_ids"),
+     (["x", "y", "x"], "lead_ids[2]")],
 )
 async def test_a_batch_that_is_empty_too_long_or_repeats_a_lead_is_refused(
     leads: Stub, lead_ids: list[str], field: str

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from tests.support.servers import ServiceProcess, environment
 
 

@@ -67,7 +67,7 @@ async def test_the_migrated_schema_is_exactly_what_the_code_uses(
 def test_migrate_runs_alone_from_the_command_line(database_url: str, tmp_path: Path) -> None:
     env = {**os.environ, **environment(database_url, tmp_path, CRM_LOG_LEVEL="INFO")}
     done = subprocess.run([sys.executable, "-m", "services.leads", "migrate"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "migrated leads" in done.stderr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import urllib.request
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from services.leads.bootstrap import SPEC as LEADS
 from services.shared import logs
 from services.shared.clients import idempotency, new_key
@@ -71,8 +72,8 @@ async def test_metrics_count_calls_replays_events_and_subscribers(
     key = new_key()
     await create_lead(stub, key=key)
     await create_lead(stub, key=key)
-    page = urllib.request.urlopen(f"http://127.0.0.1:{measured.metrics_port}/metrics", timeout=5)
-    text = page.read().decode()
+    url = f"http://127.0.0.1:{measured.metrics_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     stream.cancel()
     for line in (
         'crm_rpc_requests_total{code="OK",method="CreateLead",service="leads"}',

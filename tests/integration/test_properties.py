@@ -10,11 +10,11 @@ google.rpc.Status whose ErrorInfo reason and BadRequest fields make sense.
 from __future__ import annotations
 
 import grpc
+from crm.leads.v1 import leads_pb2 as pb
+from crm.leads.v1 import leads_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crm.leads.v1 import leads_pb2 as pb
-from crm.leads.v1 import leads_pb2_grpc
 from services.shared.clients import idempotency, new_key
 from tests.support.rpc import refusal
 

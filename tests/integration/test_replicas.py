@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from services.shared.clients import idempotency, new_key
 from tests.integration.conftest import create_lead, move
 from tests.integration.test_subscribe import take

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from services.leads.bootstrap import SPEC as LEADS
 from services.shared.db import utcnow
 from services.shared.server import RunningService
@@ -24,10 +24,10 @@ Stub = leads_pb2_grpc.LeadsServiceStub
 
 
 async def take(stream: grpc.aio.UnaryStreamCall, count: int, *, skip_bookmarks: bool = True,
-               timeout: float = 10.0) -> list[pb.Event]:
+               within: float = 10.0) -> list[pb.Event]:
     """The next `count` messages of a stream (events only, unless told otherwise)."""
     taken: list[pb.Event] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while len(taken) < count:
             event = await stream.read()
             assert event is not grpc.aio.EOF, "the stream ended"

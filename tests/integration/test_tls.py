@@ -9,10 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crm.bookings.v1 import bookings_pb2, bookings_pb2_grpc
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
+
 from services.bookings.bootstrap import SPEC as BOOKINGS
 from services.leads.bootstrap import SPEC as LEADS
 from services.shared.clients import idempotency, new_key, open_channel

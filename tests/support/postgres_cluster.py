@@ -3,6 +3,7 @@ disturbing the shared server the rest of the suite uses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -62,8 +63,6 @@ class PrivateCluster:
         self._pg_ctl("-m", "fast", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)

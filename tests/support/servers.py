@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -124,9 +124,9 @@ class ServiceProcess:
             self.process.wait(10)
 
 
-async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]
-    """Poll `predicate` (sync or async) until it is true."""
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate, within: float = 10.0, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    """Poll `predicate` (sync or async) until it is true, for at most `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):

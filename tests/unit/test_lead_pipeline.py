@@ -67,7 +67,9 @@ def test_a_name_longer_than_the_limit_is_refused() -> None:
     [(S.NEW, S.CONTACTED), (S.NEW, S.WON), (S.CONTACTED, S.NEGOTIATING),
      (S.NEGOTIATING, S.WON), (S.NEW, S.LOST), (S.NEGOTIATING, S.LOST)],
 )
-def test_a_lead_moves_forward_skipping_steps_or_to_lost(start: LeadStatus, target: LeadStatus) -> None:
+def test_a_lead_moves_forward_skipping_steps_or_to_lost(
+    start: LeadStatus, target: LeadStatus
+) -> None:
     lead = lead_in(start)
     version = lead.version
     change = lead.move_to(target, actor="bob", now=NOW, idempotency_key="k1")

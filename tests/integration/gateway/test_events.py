@@ -226,8 +226,8 @@ async def test_upstream_calls_are_cancelled_when_the_browser_goes_away(
         assert feed.subscribers == 1
         assert gateway.app[EVENTS].open == 1
         assert (REGISTRY.get_sample_value("crm_gateway_sse_streams") or 0) >= 1
-    await wait_until(lambda: feed.subscribers == 0, timeout=5)
-    await wait_until(lambda: gateway.app[EVENTS].open == 0, timeout=5)
+    await wait_until(lambda: feed.subscribers == 0, within=5)
+    await wait_until(lambda: gateway.app[EVENTS].open == 0, within=5)
 
 
 async def test_an_expired_cursor_resets_the_page_then_the_stream_continues_from_the_head(
@@ -287,10 +287,10 @@ async def test_a_stream_that_fails_or_ends_is_followed_again_from_its_last_curso
         got = await stream.events(2)
         assert [m.data["cursor"] for m in got] == ["c2", "c3"]
         assert [m.cursors for m in got] == [{"leads": "c2"}, {"leads": "c3"}]
-        await wait_until(lambda: len(calls) == 3, timeout=5)
+        await wait_until(lambda: len(calls) == 3, within=5)
         assert calls == ["", "c2", "c3"]
         assert await stream.quiet(0.5) == []
-    await wait_until(lambda: fake.open_streams == 0, timeout=5)
+    await wait_until(lambda: fake.open_streams == 0, within=5)
 
 
 async def test_shutdown_ends_every_stream_cleanly(
@@ -304,7 +304,7 @@ async def test_shutdown_ends_every_stream_cleanly(
             while await stream.next() is not None:
                 pass
         await asyncio.wait_for(stopping, 5)
-    await wait_until(lambda: leads_server.runtime.feed.subscribers == 0, timeout=5)
+    await wait_until(lambda: leads_server.runtime.feed.subscribers == 0, within=5)
 
 
 async def test_a_service_that_cannot_be_reached_does_not_hold_back_the_others(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+
 from services.messaging.bootstrap import SPEC as MESSAGING
 from services.messaging.sending import SmsSender
 from services.shared.clients import idempotency, new_key

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+
 from services.shared.server import RunningService
 from tests.integration.messaging.conftest import LEAD_PHONE, send
 from tests.support.rpc import refusal
@@ -151,7 +151,7 @@ async def test_the_breaker_keeps_time_in_any_time_zone(
                 return False
             return True
 
-        await wait_until(closed, timeout=5, interval=0.2)
+        await wait_until(closed, within=5, interval=0.2)
         status = await stub.GetProviderStatus(pb.GetProviderStatusRequest())
         assert status.state == pb.CLOSED
     finally:

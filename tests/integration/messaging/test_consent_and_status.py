@@ -6,10 +6,10 @@ import asyncio
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+
 from services.shared.clients import idempotency, new_key
 from tests.integration.messaging.conftest import FROM, LEAD_PHONE, send
 from tests.support.rpc import refusal
@@ -107,7 +107,8 @@ async def test_a_callback_that_beats_the_senders_commit_finds_the_message_by_our
     twilio.slow(1.0)
     sending = asyncio.create_task(send(messaging, lead.lead_id))
     await asyncio.sleep(0.3)
-    (queued,) = (await messaging.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))).messages
+    listed = await messaging.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))
+    (queued,) = listed.messages
     early = pb.Message(message_id=queued.message_id, provider_message_id="SM" + "e" * 32)
     assert (await report(messaging, early, "sent", by_id=True)).status == pb.SENT
     sent = await sending

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
-from hypothesis import given
-from hypothesis import strategies as st
-
 from crm.leads.v1 import leads_pb2
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+from hypothesis import given
+from hypothesis import strategies as st
+
 from services.messaging.segments import measure
 from services.shared.clients import idempotency, new_key
 from tests.integration.test_properties import EXAMPLES, TEXT, proper

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-
 from crm.leads.v1 import leads_pb2
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+
 from services.shared.server import RunningService
 from tests.integration.messaging.conftest import FROM, LEAD_PHONE, send
 from tests.support.rpc import refusal
@@ -99,7 +99,8 @@ async def test_a_permanent_twilio_error_fails_the_message_once_without_retry_or_
                                               "PROVIDER_REJECTED")
     assert refused.metadata["provider_error_code"] == str(code)
     assert twilio.requests == 1
-    (stored,) = (await messaging.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))).messages
+    listed = await messaging.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))
+    (stored,) = listed.messages
     assert (stored.status, stored.error_code) == (pb.FAILED, code)
     status = await messaging.GetProviderStatus(pb.GetProviderStatusRequest())
     assert (status.state, status.failure_count, status.rejected_count) == (pb.CLOSED, 0, 1)
