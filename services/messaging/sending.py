@@ -33,13 +33,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
+from typing import cast
 
 import grpc
+from crm.messaging.v1 import messaging_pb2 as pb
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crm.messaging.v1 import messaging_pb2 as pb
+from services.messaging import messages as convert
+from services.messaging.adapters import SqlMessagingUnitOfWork
+from services.messaging.breaker import CircuitOpen, ProviderBreaker
+from services.messaging.domain import Handoff, Message, RecipientOptedOut, check_body
+from services.messaging.providers import (
+    ProviderRejected,
+    ProviderUnavailable,
+    Receipt,
+    SmsProvider,
+    is_transient,
+)
+from services.messaging.retry import send_with_retries
+from services.messaging.settings import SmsSettings
 from services.shared import errors
 from services.shared.context import Call, current_call
 from services.shared.db import retrying, utcnow
@@ -54,21 +69,6 @@ from services.shared.idempotency import (
 from services.shared.lead_lookup import LeadLookup
 from services.shared.runtime import ServiceRuntime
 from services.shared.status import to_status
-
-from services.messaging import messages as convert
-from services.messaging.adapters import SqlMessagingUnitOfWork
-from services.messaging.breaker import CircuitOpen, ProviderBreaker
-from services.messaging.domain import Handoff, Message, RecipientOptedOut, check_body
-from services.messaging.providers import (
-    ProviderRejected,
-    ProviderUnavailable,
-    Receipt,
-    SmsProvider,
-    is_transient,
-)
-from services.messaging.retry import send_with_retries
-from services.messaging.segments import Measure
-from services.messaging.settings import SmsSettings
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,18 @@ class SmsSender:
 
         found = await retrying(lambda: self._key(call, request_fingerprint), time_remaining=left())
         if isinstance(found, Outcome):
-            return await answer(context, self.runtime, call, found, replayed=True)
+            return cast(pb.Message, await answer(context, self.runtime, call, found, replayed=True))
         try:
             if found is None:
                 cost = check_body(request.body, self.sms.max_segments)
-                lead = await self.leads.get(request.lead_id, timeout=left())
+                lead = await self.leads.get(request.lead_id, deadline_seconds=left())
                 started = await retrying(
-                    lambda: self._record_intent(call, request_fingerprint, lead.lead_id,
-                                                lead.phone, request.body, cost, lease_until),
+                    partial(self._record_intent, call, request_fingerprint, lead.phone,
+                            Message.outbound(
+                                message_id=_new_id(), lead_id=lead.lead_id, to=lead.phone,
+                                from_=self.provider.from_number, body=request.body, cost=cost,
+                                provider=self.provider.name, actor=call.principal, now=utcnow(),
+                            ), lease_until),
                     time_remaining=left(),
                 )
             else:
@@ -159,9 +163,11 @@ class SmsSender:
         except errors.DomainError as refusal:
             outcome, replayed = await store_refusal(self.runtime, call, request_fingerprint,
                                                     refusal, time_remaining=left())
-            return await answer(context, self.runtime, call, outcome, replayed=replayed)
+            return cast(pb.Message, await answer(context, self.runtime, call, outcome,
+                                                  replayed=replayed))
         if isinstance(started, Outcome):
-            return await answer(context, self.runtime, call, started, replayed=True)
+            return cast(pb.Message, await answer(context, self.runtime, call, started,
+                                                  replayed=True))
 
         message, attempts = started
         if message.handoff is Handoff.ACCEPTED:
@@ -172,10 +178,11 @@ class SmsSender:
                 receipt = await self._hand_over(message, attempts, deadline)
             except ProviderRejected as refused:
                 outcome = await retrying(
-                    lambda: self._record_rejection(call, request_fingerprint, message, refused),
+                    partial(self._record_rejection, call, request_fingerprint, message, refused),
                     time_remaining=left() + LEASE_MARGIN,
                 )
-                return await answer(context, self.runtime, call, outcome, replayed=False)
+                return cast(pb.Message, await answer(context, self.runtime, call, outcome,
+                                                      replayed=False))
             except (CircuitOpen, ProviderUnavailable, TimeoutError) as failure:
                 await self._release(call, request_fingerprint, message, attempts)
                 if isinstance(failure, CircuitOpen):
@@ -195,11 +202,11 @@ class SmsSender:
             return await self.runtime.idempotency.find(conn, call, request_fingerprint)
 
     async def _record_intent(
-        self, call: Call, request_fingerprint: str, lead_id: str, phone: str, body: str,
-        cost: Measure, lease_until: datetime,
+        self, call: Call, request_fingerprint: str, phone: str, intent: Message,
+        lease_until: datetime,
     ) -> tuple[Message, _Attempts] | Outcome:
+        """Record the message before the provider hears of it, its key pending."""
         store = self.runtime.idempotency
-        now = utcnow()
         async with self.runtime.db.transaction(write=True) as conn:
             await store.lock(conn, call)
             found = await store.find(conn, call, request_fingerprint)
@@ -208,17 +215,14 @@ class SmsSender:
             if found is not None:
                 raise KeyInUse()
             uow = self._uow(conn)
-            recipient = await uow.recipients.get(phone, now=now)
+            recipient = await uow.recipients.get(phone, now=intent.created_at)
             if recipient.opted_out:
-                raise RecipientOptedOut(phone, lead_id)
-            message = Message.outbound(
-                message_id=_new_id(), lead_id=lead_id, to=phone,
-                from_=self.provider.from_number, body=body, cost=cost,
-                provider=self.provider.name, actor=call.principal, now=now,
-            )
+                raise RecipientOptedOut(phone, intent.lead_id)
+            # A fresh copy per attempt: a retried transaction must not reuse events.
+            message = replace(intent, events=list(intent.events))
             await uow.messages.add(message)
             await store.save(conn, call, request_fingerprint,
-                             Pending(message.message_id, now, lease_until))
+                             Pending(message.message_id, intent.created_at, lease_until))
             await uow.commit()
             return message, _Attempts(maybe_sent=False)
 
@@ -288,7 +292,7 @@ class SmsSender:
     ) -> pb.Message:
         store = self.runtime.idempotency
         async with self.runtime.db.transaction(write=True) as conn:
-            await store.lock(conn, call)
+            await store.lock(conn, call, wait=True)
             uow = self._uow(conn)
             message = await uow.messages.get(intent.message_id, for_update=True)
             message.accepted(receipt.provider_message_id, receipt.status, utcnow())
@@ -304,7 +308,7 @@ class SmsSender:
         store = self.runtime.idempotency
         now = utcnow()
         async with self.runtime.db.transaction(write=True) as conn:
-            await store.lock(conn, call)
+            await store.lock(conn, call, wait=True)
             uow = self._uow(conn)
             message = await uow.messages.get(intent.message_id, for_update=True)
             message.rejected(refused.code, refused.message, now)
@@ -328,7 +332,7 @@ class SmsSender:
 
         async def release() -> None:
             async with self.runtime.db.transaction(write=True) as conn:
-                await store.lock(conn, call)
+                await store.lock(conn, call, wait=True)
                 found = await store.find(conn, call, request_fingerprint)
                 if not isinstance(found, Pending) or found.resource_id != intent.message_id:
                     return

@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -72,7 +72,9 @@ class KeyReused(errors.InvalidArgument):
         super().__init__(
             "idempotency-key: this key was used with a different request; "
             "use a new key for a new request",
-            violations=[errors.FieldViolation("idempotency-key", "already used for another request")],
+            violations=[
+                errors.FieldViolation("idempotency-key", "already used for another request")
+            ],
         )
 
 
@@ -131,14 +133,22 @@ class IdempotencyStore:
         self.ttl = timedelta(seconds=ttl_seconds)
         self.postgres = postgres
         self._try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+        self._lock = text("SELECT pg_advisory_xact_lock(:key)")
 
-    async def lock(self, conn: AsyncConnection, call: Call) -> None:
-        """Hold the key for this transaction, or refuse: another call holds it now."""
+    async def lock(self, conn: AsyncConnection, call: Call, *, wait: bool = False) -> None:
+        """Hold the key for this transaction.
+
+        A call arriving with the key is refused at once (KeyInUse) if another
+        holds it now. A call finishing what it started under the key (storing
+        its outcome) waits instead: others hold the lock only for a moment.
+        """
         if not self.postgres:
             return  # SQLite: this transaction is the only writer.
         digest = hashlib.sha256(f"{call.principal}\0{call.method}\0{call.idempotency_key}".encode())
         key = int.from_bytes(digest.digest()[:8], "big", signed=True)
-        if not (await conn.execute(self._try_lock, {"key": key})).scalar_one():
+        if wait:
+            await conn.execute(self._lock, {"key": key})
+        elif not (await conn.execute(self._try_lock, {"key": key})).scalar_one():
             raise KeyInUse()
 
     async def find(
@@ -243,9 +253,12 @@ class IdempotencyStore:
 class Runtime(Protocol):
     """What the handler wrappers need from a service."""
 
-    db: Database
-    idempotency: IdempotencyStore
-    domain: str
+    @property
+    def db(self) -> Database: ...
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+    @property
+    def domain(self) -> str: ...
 
     def unit_of_work(self, conn: AsyncConnection) -> Any: ...
 
@@ -253,7 +266,8 @@ class Runtime(Protocol):
 
 
 class Servicer(Protocol):
-    runtime: Runtime
+    @property
+    def runtime(self) -> Runtime: ...
 
 
 S = TypeVar("S", bound=Servicer)
@@ -279,12 +293,20 @@ def reads(
     return handler
 
 
+Handler = Callable[..., Awaitable[Any]]
+Served = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+@overload
+def idempotent(method: Handler, /) -> Served: ...
+@overload
+def idempotent(*, prepare: Served) -> Callable[[Handler], Served]: ...
 def idempotent(
-    method: Callable[..., Awaitable[Resp]] | None = None,
+    method: Handler | None = None,
     /,
     *,
-    prepare: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]] | None = None,
-) -> Any:
+    prepare: Served | None = None,
+) -> Served | Callable[[Handler], Served]:
     """Run a mutating handler once per idempotency key.
 
     The handler gets a unit of work inside a write transaction; the key is
@@ -299,8 +321,11 @@ def idempotent(
     refusal from it is stored like any other.
     """
     if method is None:
-        return lambda m: idempotent(m, prepare=prepare)
-    handler_method = method
+        return lambda m: _idempotent(m, prepare)
+    return _idempotent(method, prepare)
+
+
+def _idempotent(handler_method: Handler, prepare: Served | None) -> Served:
 
     @functools.wraps(handler_method)
     async def handler(self: Any, request: Message, context: grpc.aio.ServicerContext) -> Message:
@@ -355,6 +380,7 @@ def idempotent(
             outcome, replayed = await retrying(attempt, time_remaining=context.time_remaining())
         if fresh:
             return fresh[0]
+        assert outcome is not None
         return await answer(context, runtime, call, outcome, replayed=replayed)
 
     handler.__idempotent__ = True  # type: ignore[attr-defined]
@@ -414,7 +440,7 @@ async def _store_refusal(
     if conn.in_transaction():
         await conn.rollback()
     await conn.begin()
-    await runtime.idempotency.lock(conn, call)
+    await runtime.idempotency.lock(conn, call, wait=True)
     found = await runtime.idempotency.find(conn, call, request_fingerprint)
     if isinstance(found, Outcome):
         return found, True

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
-
-from crm.leads.v1 import leads_pb2
+from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
+
 from services.messaging.sending import LEASE_MARGIN, SmsSender
-from services.shared.clients import new_key
+from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService
 from tests.integration.messaging.conftest import LEAD_PHONE, send
 from tests.support.rpc import refusal
@@ -106,7 +109,7 @@ async def test_an_answer_lost_past_the_deadline_is_adopted_by_the_retry_not_sent
             outcome.append(found)
         return bool(outcome)
 
-    await wait_until(done, timeout=10, interval=0.25)
+    await wait_until(done, within=10, interval=0.25)
     assert outcome[0].provider_message_id == accepted.sid
     assert len(twilio.sent) == 1
 
@@ -119,7 +122,7 @@ async def test_the_sweep_adopts_a_text_twilio_took_when_nobody_retries(
     twilio.lose_answer(after=3)
     with pytest.raises(grpc.aio.AioRpcError):
         await send(stub, lead.lead_id, key=key, timeout=1)
-    await wait_until(lambda: sender.recover_abandoned(older_than=-LEASE_MARGIN - 5), timeout=10)
+    await wait_until(lambda: sender.recover_abandoned(older_than=-LEASE_MARGIN - 5), within=10)
     (adopted,) = await history(stub, lead.lead_id)
     assert adopted.provider_message_id == twilio.sent[0].sid
     call = stub.SendSms(pb.SendSmsRequest(lead_id=lead.lead_id, body="Hi Ada"),
@@ -178,9 +181,46 @@ async def test_a_crash_between_twilios_answer_and_the_commit_never_sends_twice(
                 assert refusal(error).reason == "IDEMPOTENCY_KEY_IN_USE"
             return bool(recovered)
 
-        await wait_until(retried, timeout=2 + LEASE_MARGIN + 5, interval=0.25)
+        await wait_until(retried, within=2 + LEASE_MARGIN + 5, interval=0.25)
         assert recovered[0].provider_message_id == twilio.sent[0].sid
         assert len(twilio.sent) == 1
         assert len(await history(again, lead.lead_id)) == 1
     finally:
         await asyncio.to_thread(second.terminate)
+
+
+async def test_a_duplicate_checking_the_key_does_not_make_the_sender_fail(
+    postgres_url: str, tmp_path: Path, twilio: TwilioDouble,
+    channel_for: Callable[..., grpc.aio.Channel],
+) -> None:
+    """While the sender is with Twilio, a duplicate holds the key's lock a moment;
+    the sender waits for it to store its outcome, rather than giving up."""
+    from services.leads.bootstrap import SPEC as LEADS
+    from services.messaging.bootstrap import SPEC as MESSAGING
+    from tests.integration.messaging.conftest import twilio_env
+    from tests.support.servers import environment, start_in_process
+
+    leads = await start_in_process(LEADS, environment(postgres_url, tmp_path))
+    messaging = await start_in_process(MESSAGING, environment(
+        postgres_url, tmp_path, CRM_LEADS_TARGET=leads.target, **twilio_env(twilio)))
+    try:
+        lead = await leads_pb2_grpc.LeadsServiceStub(channel_for(leads.target)).CreateLead(
+            leads_pb2.CreateLeadRequest(name="Ada", phone=LEAD_PHONE),
+            metadata=idempotency(new_key()))
+        stub = Stub(channel_for(messaging.target, retries=False))
+        key = new_key()
+        digest = hashlib.sha256(
+            f"alice\0/crm.messaging.v1.MessagingService/SendSms\0{key}".encode()).digest()
+        lock = int.from_bytes(digest[:8], "big", signed=True)
+        twilio.slow(0.5)
+        sending = asyncio.create_task(send(stub, lead.lead_id, key=key))
+        await asyncio.sleep(0.25)  # the sender is with Twilio now
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
+            await asyncio.sleep(1.0)  # Twilio answers meanwhile; the sender must wait
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+        sent = await sending
+        assert sent.provider_message_id == twilio.sent[0].sid and len(twilio.sent) == 1
+    finally:
+        await messaging.stop(grace=1, drain=0)
+        await leads.stop(grace=1, drain=0)
