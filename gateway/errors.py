@@ -58,6 +58,8 @@ from google.protobuf import any_pb2, duration_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.shared.status import error_info
+
 DOMAIN = "gateway"
 
 _BY_REASON: dict[str, int] = {
@@ -140,15 +142,6 @@ class Refusal:
     def reason(self) -> str:
         info = error_info(self.status)
         return str(info.reason if info is not None else code_pb2.Code.Name(self.status.code))
-
-
-def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
 
 
 def retry_after(status: status_pb2.Status) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import TypeAlias
 
 import grpc
@@ -15,7 +14,6 @@ from services.bookings.adapters import SqlBookingsUnitOfWork
 from services.bookings.domain import MAX_AGENT_ID_LENGTH
 from services.shared import paging, subscribe, validation
 from services.shared.context import current_call
-from services.shared.errors import InvalidArgument
 from services.shared.events import Filter
 from services.shared.idempotency import idempotent, reads
 from services.shared.runtime import ServiceRuntime
@@ -72,18 +70,19 @@ class BookingsApi(bookings_pb2_grpc.BookingsServiceServicer):
             "list": "appointments", "lead_id": request.lead_id, "agent_id": request.agent_id,
             "status": request.status, "window_start": window_start, "window_end": window_end,
         }
-        after = _start_and_id(paging.decode(request.page_token, query))
+        after = paging.decode_time_and_id(request.page_token, query)
         found = await uow.appointments.find(
             lead_id=service.check_filter(request.lead_id, "lead_id", validation.MAX_ID_LENGTH),
             agent_id=service.check_filter(request.agent_id, "agent_id", MAX_AGENT_ID_LENGTH),
             status=wanted,
-            window_start=window_start, window_end=window_end, after=after, limit=size + 1,
+            window_start=window_start, window_end=window_end,
+            after=list(after) if after else None, limit=size + 1,
         )
         page = found[:size]
         token = ""
         if len(found) > size:
             last = page[-1]
-            token = paging.encode([last.start_time.isoformat(), last.appointment_id], query)
+            token = paging.encode_time_and_id(last.start_time, last.appointment_id, query)
         return pb.ListAppointmentsResponse(
             appointments=[messages.appointment(x) for x in page], next_page_token=token
         )
@@ -159,13 +158,3 @@ def _time_for_leads(context: Context) -> float | None:
         return None
     return max(0.0, remaining - min(ANSWER_MARGIN, remaining / 10))
 
-
-def _start_and_id(after: list[object] | None) -> list[object] | None:
-    """The (start_time, appointment_id) a page token continues after."""
-    if after is None:
-        return None
-    try:
-        start, appointment_id = after
-        return [datetime.fromisoformat(str(start)), str(appointment_id)]
-    except ValueError:
-        raise InvalidArgument.field("page_token", "not a page token of this list") from None

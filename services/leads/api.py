@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import TypeAlias
 
 import grpc
@@ -14,7 +13,6 @@ from services.leads import messages, service
 from services.leads.adapters import SqlLeadsUnitOfWork
 from services.shared import paging, subscribe
 from services.shared.context import current_call
-from services.shared.errors import InvalidArgument
 from services.shared.events import Filter
 from services.shared.idempotency import idempotent, reads
 from services.shared.runtime import ServiceRuntime
@@ -50,15 +48,12 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
         wanted = messages.status_from(request.status) if request.status else None
         size = paging.page_size(request.page_size)
         query = {"list": "leads", "status": request.status}
-        after = paging.decode(request.page_token, query)
-        if after is not None:
-            after = [_instant(after[0]), str(after[1])]
-        found = await uow.leads.newest(wanted, after, size + 1)
+        after = paging.decode_time_and_id(request.page_token, query)
+        found = await uow.leads.newest(wanted, list(after) if after else None, size + 1)
         page = found[:size]
         token = ""
         if len(found) > size:
-            last = page[-1]
-            token = paging.encode([last.created_at.isoformat(), last.lead_id], query)
+            token = paging.encode_time_and_id(page[-1].created_at, page[-1].lead_id, query)
         return pb.ListLeadsResponse(leads=[messages.lead(x) for x in page], next_page_token=token)
 
     @idempotent
@@ -123,9 +118,3 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
         ):
             yield event
 
-
-def _instant(value: object) -> datetime:
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        raise InvalidArgument.field("page_token", "not a page token of this list") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import TypeAlias
 
 import grpc
@@ -57,14 +56,13 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         validation.identifier(request.lead_id, "lead_id")
         size = paging.page_size(request.page_size)
         query = {"list": "messages", "lead_id": request.lead_id}
-        after = paging.decode(request.page_token, query)
-        if after is not None:
-            after = [_instant(after[0]), str(after[1])]
-        found = await uow.messages.history(request.lead_id, after, size + 1)
+        after = paging.decode_time_and_id(request.page_token, query)
+        found = await uow.messages.history(request.lead_id, list(after) if after else None,
+                                           size + 1)
         page = found[:size]
         token = ""
         if len(found) > size:
-            token = paging.encode([page[-1].created_at.isoformat(), page[-1].message_id], query)
+            token = paging.encode_time_and_id(page[-1].created_at, page[-1].message_id, query)
         return pb.ListMessagesResponse(messages=[convert.message(m) for m in page],
                                        next_page_token=token)
 
@@ -141,12 +139,6 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
                                             request.after_cursor, where):
             yield event
 
-
-def _instant(value: object) -> datetime:
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        raise InvalidArgument.field("page_token", "not a page token of this list") from None
 
 
 def _new_id() -> str:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
 from services.shared.errors import InvalidArgument
@@ -51,3 +52,20 @@ def decode(token: str, query: Any) -> list[Any] | None:
     if not all(isinstance(v, int) or (isinstance(v, str) and v.isprintable()) for v in after):
         raise InvalidArgument.field("page_token", "not a page token of this list")
     return after
+
+
+def encode_time_and_id(when: datetime, item_id: str, query: Any) -> str:
+    """A token continuing after the item at (`when`, `item_id`) of a time-ordered list."""
+    return encode([when.isoformat(), item_id], query)
+
+
+def decode_time_and_id(token: str, query: Any) -> tuple[datetime, str] | None:
+    """The (time, id) a time-ordered list continues after, or None for the first page."""
+    after = decode(token, query)
+    if after is None:
+        return None
+    try:
+        when, item_id = after
+        return datetime.fromisoformat(str(when)), str(item_id)
+    except (TypeError, ValueError):
+        raise InvalidArgument.field("page_token", "not a page token of this list") from None
