@@ -1,0 +1,27 @@
+"""The benchmark: `make bench` (`python -m tests.bench`), one go, ratios measured in one run.
+
+Everything runs as real processes on this host: a bare grpc.aio echo server
+(`tests.bench.echo`, the baseline), then per backend (PostgreSQL on fresh
+databases, SQLite) the three services and the gateway (`tests.bench.servers`,
+at CRM_LOG_LEVEL=WARNING, console SMS provider). Load comes from separate
+client processes (`tests.bench.client`) so it does not starve the servers of
+the orchestrator's time, and each client reports its own CPU share.
+
+    python -m tests.bench                              everything (a few minutes)
+    python -m tests.bench --quick                      a shorter run
+    python -m tests.bench --only GetLead,Replay --backends sqlite --paths grpc
+
+Rows (tests.bench.scenarios): the echo baseline, CreateLead, UpdateLeadStatus,
+ConfirmAppointment, SendSms, Replay (one key replayed by every caller),
+ReplayOwnKey (a key per caller), GetLead — over gRPC and through the gateway
+over HTTP, at concurrency 1 and 32; then realtime (tests.bench.realtime):
+commit-to-subscriber latency and memory per idle stream for 1, 100 and 1,000
+Subscribe streams on one leads process, and as many SSE clients of the gateway.
+
+Every figure comes with its ratio to the echo baseline measured in the same
+run (and HTTP rows with their ratio to the same call over gRPC): on a shared
+machine the absolute numbers are noise, the ratios less so. To keep the drift
+of a shared machine out of the ratios, a row's time is split in rounds in which
+its gRPC path, its HTTP path and the echo baseline take turns. The table is
+printed and the whole run written to bench/results/<UTC timestamp>.json.
+"""

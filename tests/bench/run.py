@@ -1,0 +1,256 @@
+"""One bench run: the echo baseline, then per backend a fresh stack, its calls
+over gRPC and HTTP, and its realtime feeds."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.bench import realtime, report
+from tests.bench.load import Tally
+from tests.bench.procs import ClientFailed, CpuProbe, run_load
+from tests.bench.scenarios import SCENARIOS
+from tests.bench.servers import Server, Stack, make_tokens, postgres_version, stack, start_echo
+
+# The realtime measurements, selectable with --only like the calls.
+SUBSCRIBE, SSE = "Subscribe", "SSE"
+
+
+@dataclass
+class Options:
+    backends: list[str] = field(default_factory=lambda: ["postgresql", "sqlite"])
+    concurrencies: list[int] = field(default_factory=lambda: [1, 32])
+    paths: list[str] = field(default_factory=lambda: ["grpc", "http"])
+    only: list[str] = field(default_factory=list)
+    warmup: float = 0.5
+    duration: float = 3.0
+    rounds: int = 2
+    # The echo baseline's turn in each row, as a share of the row's measured time.
+    echo_share: float = 0.2
+    streams: list[int] = field(default_factory=lambda: [1, 100, 1000])
+    sse_streams: list[int] = field(default_factory=lambda: [1, 100, 1000])
+    events: int = 20
+    channels: int = 1
+    output_dir: Path = Path("bench/results")
+    # Where the servers' logs and SQLite files go; None: a temporary directory.
+    workdir: Path | None = None
+
+    def selected(self, name: str) -> bool:
+        if not self.only:
+            return True
+        for pattern in self.only:
+            wildcard = any(c in pattern for c in "*?[")
+            if fnmatch.fnmatch(name.lower(), pattern.lower() if wildcard
+                               else f"*{pattern.lower()}*"):
+                return True
+        return False
+
+
+STARTED = time.monotonic()
+
+
+def progress(text: str) -> None:
+    """A line on stderr, with the time since the run started."""
+    elapsed = time.monotonic() - STARTED
+    print(f"[{elapsed // 60:02.0f}:{elapsed % 60:04.1f}] {text}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Where:
+    """The backend being measured: its name, every target, and the CPU probe."""
+
+    backend: str
+    targets: dict[str, str]
+    probe: CpuProbe
+
+
+@dataclass
+class Run:
+    options: Options
+    workdir: Path
+    echo: Server
+    tokens: dict[str, str] = field(default_factory=make_tokens)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    feeds: list[dict[str, Any]] = field(default_factory=list)
+    failures: int = 0
+    broken: list[str] = field(default_factory=list)
+    # The interleaved echo turns of the current backend, by concurrency.
+    echoes: dict[int, tuple[Tally, dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return self.tokens["bench"]
+
+    async def load(self, where: Where, scenario: str, label: str = "") -> None:
+        """Every selected path and concurrency of one scenario, in one client process."""
+        kind = SCENARIOS[scenario]
+        concurrencies = [c for c in self.options.concurrencies if c >= kind.min_concurrency]
+        paths = [path for path in self.options.paths if path in kind.paths]
+        if not concurrencies or not paths:
+            return
+        job = {"kind": "load", "scenario": scenario, "paths": paths, "targets": where.targets,
+               "token": self.token, "concurrencies": concurrencies,
+               "warmup": self.options.warmup, "duration": self.options.duration,
+               "rounds": self.options.rounds, "echo_share": self.options.echo_share,
+               "channels": self.options.channels}
+        label = label or scenario
+        facts = {"scenario": scenario, "label": label, "backend": where.backend}
+        try:
+            results = await run_load(job, where.probe, self.workdir / "clients.log")
+        except (ClientFailed, TimeoutError) as error:
+            self.failures += 1
+            progress(f"  {label} on {where.backend}: FAILED {error}")
+            self.calls.extend({**facts, "path": path, "failure": str(error)} for path in paths)
+            return
+        counted: set[int] = set()
+        for result in results:
+            self._baseline(result, counted)
+            self.calls.append({**facts, **result})
+            errors = f", {result['error_count']} errors" if result["error_count"] else ""
+            path = result["path"]
+            progress(f"  {label:<18} {where.backend:<10} {path:<4} "
+                     f"c={result['concurrency']:<3} {result['rps']:8.0f} req/s  "
+                     f"p50 {result['p50_ms'] or 0:7.2f} ms{errors}  "
+                     f"client CPU {result['client_cpu']:.2f}")
+
+    def _baseline(self, result: dict[str, Any], counted: set[int]) -> None:
+        """Summarize the row's own echo turns, and add them (once per concurrency:
+        the paths of a job share them) to the backend's echo rows."""
+        raw, cpu = result.pop("echo", None), result.pop("echo_cpu", {})
+        if raw is None:
+            return
+        concurrency = int(result["concurrency"])
+        own = Tally(concurrency)
+        own.merge(raw)
+        result["echo"] = {**own.result(), "server_cpu": cpu}
+        if concurrency in counted:
+            return
+        counted.add(concurrency)
+        total, shares = self.echoes.setdefault(concurrency, (Tally(concurrency), {}))
+        weight, before = own.wall, total.wall
+        total.merge(raw)
+        for name in {*cpu, *shares}:  # wall-weighted mean of the shares
+            shares[name] = (shares.get(name, 0.0) * before + cpu.get(name, 0.0) * weight) / (
+                total.wall or 1.0)
+
+    def echo_rows(self, backend: str) -> list[dict[str, Any]]:
+        """The echo baseline of a backend: every interleaved echo turn, merged."""
+        rows = [{"scenario": "Echo", "label": "Echo (interleaved)", "backend": backend,
+                 "path": "grpc", **tally.result(),
+                 "server_cpu": {name: round(share, 3) for name, share in shares.items()}}
+                for _, (tally, shares) in sorted(self.echoes.items())]
+        self.echoes.clear()
+        return rows
+
+    async def feed(self, where: Where, via: str, streams: int, holders: dict[str, int]) -> None:
+        facts = {"feed": via, "backend": where.backend, "streams": streams}
+        try:
+            row = await realtime.measure(
+                via=via, streams=streams, events=self.options.events, targets=where.targets,
+                token=self.token, holders=holders, probe=where.probe,
+                log=self.workdir / "clients.log")
+        except (ClientFailed, TimeoutError) as error:
+            self.failures += 1
+            progress(f"  realtime {via} x {streams} on {where.backend}: FAILED {error}")
+            self.feeds.append({**facts, "failure": str(error)})
+            return
+        row["backend"] = where.backend
+        self.feeds.append(row)
+        progress(f"  realtime {via:<5} {where.backend:<10} {streams:>5} streams  p50 "
+                 f"{row['p50_ms'] or 0:7.2f} ms  p99 {row['p99_ms'] or 0:7.2f} ms  "
+                 f"delivered {row['delivered']}/{row['delivered'] + row['missed']}")
+
+    async def baseline_feeds(self) -> None:
+        sizes = sorted({*(self.options.streams if self.options.selected(SUBSCRIBE) else []),
+                        *(self.options.sse_streams if self.options.selected(SSE) else [])})
+        if not sizes:
+            return
+        progress("echo fan-out (realtime baseline)")
+        where = Where("-", {"echo": self.echo.target}, CpuProbe({"echo": self.echo.pid}, []))
+        for streams in sizes:
+            await self.feed(where, "echo", streams, {"echo": self.echo.pid})
+
+    async def backend(self, backend: str) -> None:
+        progress(f"{backend}: starting leads, bookings, messaging and the gateway")
+        async with stack(backend, self.tokens, self.workdir / backend) as running:
+            await self.on_stack(running)
+
+    async def on_stack(self, running: Stack) -> None:
+        options = self.options
+        where = Where(
+            running.backend,
+            {**running.targets, "echo": self.echo.target,
+             "gateway": running.servers["gateway"].url},
+            CpuProbe({**running.pids(), "echo": self.echo.pid}, running.databases),
+        )
+        calls = [name for name in SCENARIOS if name != "Echo" and options.selected(name)]
+        # A call's gRPC and HTTP rows and its echo baseline take turns in rounds,
+        # so that their ratios span as little drift of the machine as possible.
+        first = len(self.calls)
+        for name in calls:
+            await self.load(where, name)
+        self.calls[first:first] = self.echo_rows(where.backend)
+        pids = running.pids()
+        if options.selected(SUBSCRIBE):
+            for streams in options.streams:
+                await self.feed(where, "grpc", streams, {"leads": pids["leads"]})
+        if options.selected(SSE):
+            holders = {name: pids[name] for name in ("gateway", "leads", "bookings", "messaging")}
+            for streams in options.sse_streams:
+                await self.feed(where, "sse", streams, holders)
+
+
+async def run(options: Options) -> int:
+    facts = report.machine()
+    backends = list(options.backends)
+    if "postgresql" in backends and postgres_version() is None:
+        progress("PostgreSQL does not answer: skipping the postgresql backend")
+        backends.remove("postgresql")
+    with tempfile.TemporaryDirectory(prefix="crm-bench-") as tmp:
+        workdir = Path(tmp) if options.workdir is None else options.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        progress(f"servers' and clients' logs: {workdir}")
+        echo = await start_echo(workdir)
+        bench = Run(options, workdir, echo)
+        try:
+            await bench.baseline_feeds()
+            for backend in backends:
+                try:
+                    await bench.backend(backend)
+                except (OSError, RuntimeError) as error:  # a server would not start
+                    bench.failures += 1
+                    bench.broken.append(f"{backend}: {error}")
+                    progress(f"{backend}: FAILED {error}")
+        finally:
+            await echo.stop()
+    report.add_ratios(bench.calls)
+    report.add_realtime_ratios(bench.feeds)
+    facts["load_average_at_end"] = list(os.getloadavg())
+    facts["run_seconds"] = round(time.monotonic() - STARTED, 1)
+    document = {"machine": facts, "options": {**asdict(options),
+                                              "output_dir": str(options.output_dir),
+                                              "workdir": str(options.workdir or "")},
+                "calls": bench.calls, "realtime": bench.feeds, "failures": bench.broken,
+                "legend": {"calls": report.LEGEND, "realtime": report.REALTIME_LEGEND}}
+    print(report.header(facts, asdict(options)))
+    if bench.calls:
+        print()
+        print(report.calls_table(bench.calls))
+        print(report.LEGEND)
+    if bench.feeds:
+        print()
+        print(report.realtime_table(bench.feeds))
+        print(report.REALTIME_LEGEND)
+        for note in report.realtime_notes(bench.feeds):
+            print(f"note: {note}")
+    for broken in bench.broken:
+        print(f"FAILED {broken}")
+    path = report.write_json(options.output_dir, document)
+    print(f"\nthe run took {facts['run_seconds']:.0f} s; results: {path}")
+    return 1 if bench.failures else 0

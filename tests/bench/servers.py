@@ -1,0 +1,285 @@
+"""The processes under test: the echo baseline, the three services and the gateway.
+
+Each runs as a user runs it (`python -m services.leads --port N`, `python -m
+gateway --port N`), but at CRM_LOG_LEVEL=WARNING so that logging does not
+dominate what is measured. At that level the "serving on" line that
+tests/support/servers.py waits for is not written, so the port is picked here
+(bound to port 0 and released, all up front so that every process knows where
+the others are) and readiness is the health service's SERVING (the gateway:
+`GET /healthz`).
+
+A run's PostgreSQL databases are created fresh and dropped at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psycopg
+
+from services.shared.healthcheck import serving
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("leads", "bookings", "messaging")
+# Principals whose tokens a run makes: the bench's own client and each process.
+PRINCIPALS = ("bench", *SERVICES, "gateway")
+ADMIN_URL = os.environ.get(
+    "CRM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 60.0
+
+
+def make_tokens() -> dict[str, str]:
+    """{principal: token} made for this run."""
+    return {principal: secrets.token_urlsafe(24) for principal in PRINCIPALS}
+
+
+def tokens_env(tokens: Mapping[str, str]) -> str:
+    return ",".join(f"{principal}:{token}" for principal, token in tokens.items())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, in KiB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@dataclass
+class Server:
+    name: str
+    process: asyncio.subprocess.Process
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def stop(self, patience: float = 15.0) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), patience)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def _spawn(module: str, port: int, env: Mapping[str, str], log: Path
+                 ) -> asyncio.subprocess.Process:
+    with log.open("ab") as sink:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, "--port", str(port),
+            cwd=ROOT, env={**env}, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=sink,
+        )
+
+
+async def _answers(name: str, port: int) -> bool:
+    if name == "gateway":
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=2)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+    return await asyncio.to_thread(serving, f"127.0.0.1:{port}", "", 2.0)
+
+
+async def start_server(name: str, module: str, env: Mapping[str, str], workdir: Path,
+                       port: int) -> Server:
+    """Start one server on `port` and wait until it serves."""
+    log = workdir / f"{name}.log"
+    process = await _spawn(module, port, env, log)
+    server = Server(name, process, port, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while process.returncode is None and time.monotonic() < deadline:
+        if await _answers(name, port):
+            return server
+        await asyncio.sleep(0.1)
+    if process.returncode is None:
+        await server.stop()
+        raise TimeoutError(f"{name} did not serve in {START_TIMEOUT} s:\n{server.log_tail()}")
+    raise RuntimeError(f"{name} exited ({process.returncode}):\n{server.log_tail()}")
+
+
+async def start_echo(workdir: Path) -> Server:
+    """The echo server picks its own port and says which."""
+    log = workdir / "echo.log"
+    with log.open("ab") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.bench.echo", "--port", "0", cwd=ROOT,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=sink,
+        )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
+    if not line:
+        raise RuntimeError(f"the echo server exited:\n{log.read_text()[-3000:]}")
+    return Server("echo", process, int(json.loads(line)["port"]), log)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------
+
+
+def _url_for(name: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def postgres_version() -> str | None:
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=3) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except psycopg.Error:
+        return None
+    return str(row[0]) if row else None
+
+
+def create_databases(names: list[str]) -> dict[str, str]:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return {name: _url_for(name).replace("postgresql://", "postgresql+psycopg://", 1)
+            for name in names}
+
+
+def drop_databases(names: list[str]) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_backends(names: list[str]) -> list[int]:
+    """Process ids of the PostgreSQL backends connected to these databases."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)", (names,)
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+# -- a whole stack -------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """The three services and the gateway on one backend, with fresh databases."""
+
+    backend: str
+    servers: dict[str, Server] = field(default_factory=dict)
+    databases: list[str] = field(default_factory=list)
+
+    @property
+    def targets(self) -> dict[str, str]:
+        return {name: server.target for name, server in self.servers.items()}
+
+    def pids(self) -> dict[str, int]:
+        return {name: server.pid for name, server in self.servers.items()}
+
+
+def service_env(tokens: Mapping[str, str], database_url: str, workdir: Path,
+                ports: Mapping[str, int]) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("CRM_", "TWILIO_", "LEADS_", "BOOKINGS_", "MESSAGING_"))}
+    env.update({
+        "CRM_API_TOKENS": tokens_env(tokens),
+        "CRM_DATA_DIR": str(workdir),
+        "CRM_DATABASE_URL": database_url,
+        "CRM_LOG_LEVEL": "WARNING",
+        "CRM_SHUTDOWN_DRAIN_SECONDS": "0",
+        "CRM_SHUTDOWN_GRACE_SECONDS": "2",
+        "CRM_LEADS_TARGET": f"127.0.0.1:{ports['leads']}",
+        "CRM_BOOKINGS_TARGET": f"127.0.0.1:{ports['bookings']}",
+        "CRM_MESSAGING_TARGET": f"127.0.0.1:{ports['messaging']}",
+        "CRM_PUBLIC_URL": f"http://127.0.0.1:{ports['gateway']}",
+    })
+    return env
+
+
+@contextlib.asynccontextmanager
+async def stack(backend: str, tokens: Mapping[str, str], workdir: Path) -> AsyncIterator[Stack]:
+    """Start everything on `backend` (fresh databases), stop it and drop them at the end."""
+    run = Stack(backend)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    urls: dict[str, str] = {}
+    if backend == "postgresql":
+        suffix = secrets.token_hex(3)
+        names = {service: f"crmbench_{suffix}_{service}" for service in SERVICES}
+        created = await asyncio.to_thread(create_databases, list(names.values()))
+        run.databases = list(names.values())
+        urls = {service: created[name] for service, name in names.items()}
+    else:
+        urls = {service: f"sqlite+aiosqlite:///{workdir / f'{service}.db'}" for service in SERVICES}
+    # Ports are chosen up front so that every process knows where the others are.
+    ports = {name: free_port() for name in (*SERVICES, "gateway")}
+    try:
+        # Leads first: it migrates alone, then the others start together.
+        run.servers["leads"] = await start_server(
+            "leads", "services.leads", service_env(tokens, urls["leads"], workdir, ports),
+            workdir, ports["leads"])
+        started = await asyncio.gather(
+            *(start_server(name, f"services.{name}",
+                           service_env(tokens, urls[name], workdir, ports), workdir, ports[name])
+              for name in ("bookings", "messaging")),
+            start_server("gateway", "gateway",
+                         service_env(tokens, urls["leads"], workdir, ports), workdir,
+                         ports["gateway"]),
+            return_exceptions=True,
+        )
+        for server in started:
+            if isinstance(server, Server):
+                run.servers[server.name] = server
+        for failure in started:
+            if isinstance(failure, BaseException):
+                raise failure
+        yield run
+    finally:
+        await asyncio.gather(*(server.stop() for server in run.servers.values()))
+        if run.databases:
+            await asyncio.to_thread(drop_databases, run.databases)
