@@ -14,6 +14,7 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    bindparam,
     insert,
     select,
     tuple_,
@@ -24,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.leads import messages
 from services.leads.domain import Lead, LeadNotFound, LeadStatus, StatusChange
 from services.shared.db import UTCDateTime
-from services.shared.errors import Aborted
 from services.shared.events import EventRecord
 from services.shared.schema import shared_tables
 from services.shared.uow import UnitOfWork
@@ -64,12 +64,6 @@ status_changes = Table(
 )
 
 
-class ConcurrentChange(Aborted):
-    """The row changed under a lock we held: never expected; retried as a conflict."""
-
-    reason = "CONCURRENT_CHANGE"
-
-
 def _lead(row: Row[Any]) -> Lead:
     return Lead(
         lead_id=row.lead_id,
@@ -96,28 +90,40 @@ def _change(row: Row[Any]) -> StatusChange:
     )
 
 
+# The hot statements, built once (see services.shared.sql).
+INSERT_LEAD = insert(leads)
+UPDATE_LEAD = update(leads).where(
+    leads.c.lead_id == bindparam("b_lead_id"), leads.c.version == bindparam("b_version")
+)
+INSERT_CHANGE = insert(status_changes)
+SELECT_LEAD = select(leads).where(leads.c.lead_id == bindparam("lead_id"))
+SELECT_LEAD_FOR_UPDATE = SELECT_LEAD.with_for_update()
+
+
 class SqlLeadRepository:
-    def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
-        self.conn = conn
-        self.postgres = postgres
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+        self.conn = uow.conn
+        self.postgres = uow.postgres
         # Every lead this unit of work loaded or added, for its events.
         self.seen: dict[str, Lead] = {}
 
     async def add(self, lead: Lead) -> None:
-        await self.conn.execute(
-            insert(leads).values(
-                lead_id=lead.lead_id, name=lead.name, phone=lead.phone, email=lead.email,
-                status=lead.status.value, version=lead.version, created_by=lead.created_by,
-                created_at=lead.created_at, updated_at=lead.updated_at,
-            )
-        )
+        await self.uow.write(INSERT_LEAD, {
+            "lead_id": lead.lead_id, "name": lead.name, "phone": lead.phone,
+            "email": lead.email, "status": lead.status.value, "version": lead.version,
+            "created_by": lead.created_by, "created_at": lead.created_at,
+            "updated_at": lead.updated_at,
+        })
         self.seen[lead.lead_id] = lead
 
     async def get(self, lead_id: str, *, for_update: bool = False) -> Lead:
-        found = await self.get_many([lead_id], for_update=for_update)
-        if lead_id not in found:
+        query = SELECT_LEAD_FOR_UPDATE if for_update and self.postgres else SELECT_LEAD
+        rows = await self.uow.read(query, {"lead_id": lead_id})
+        if not rows:
             raise LeadNotFound(lead_id)
-        return found[lead_id]
+        lead = self.seen[lead_id] = _lead(rows[0])
+        return lead
 
     async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]:
         # Locking in id order keeps concurrent batches from deadlocking.
@@ -129,21 +135,20 @@ class SqlLeadRepository:
         return found
 
     async def save(self, lead: Lead, change: StatusChange) -> None:
-        result = await self.conn.execute(
-            update(leads)
-            .where(leads.c.lead_id == lead.lead_id, leads.c.version == change.version - 1)
-            .values(status=lead.status.value, version=lead.version, updated_at=lead.updated_at)
-        )
-        if result.rowcount != 1:
-            raise ConcurrentChange(f"lead {lead.lead_id!r} changed while locked")
-        await self.conn.execute(
-            insert(status_changes).values(
-                lead_id=change.lead_id, from_status=change.from_status.value,
-                to_status=change.to_status.value, actor=change.actor,
-                changed_at=change.changed_at, idempotency_key=change.idempotency_key,
-                version=change.version,
-            )
-        )
+        """Store a move and its audit record. The lead was read FOR UPDATE (SQLite:
+        in the only write transaction), so its version cannot have moved meanwhile;
+        the version guard stays in the statement all the same."""
+        await self.uow.write(UPDATE_LEAD, {
+            "b_lead_id": lead.lead_id, "b_version": change.version - 1,
+            "status": lead.status.value, "version": lead.version,
+            "updated_at": lead.updated_at,
+        })
+        await self.uow.write(INSERT_CHANGE, {
+            "lead_id": change.lead_id, "from_status": change.from_status.value,
+            "to_status": change.to_status.value, "actor": change.actor,
+            "changed_at": change.changed_at, "idempotency_key": change.idempotency_key,
+            "version": change.version,
+        })
 
     async def newest(
         self, status: LeadStatus | None, after: list[object] | None, limit: int
@@ -174,7 +179,7 @@ class SqlLeadRepository:
 class SqlLeadsUnitOfWork(UnitOfWork):
     def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
         super().__init__(conn, runtime)
-        self.leads = SqlLeadRepository(conn, postgres=self.dialect == "postgresql")
+        self.leads = SqlLeadRepository(self)
 
     def collect_events(self) -> list[EventRecord]:
         return [

@@ -199,7 +199,7 @@ class SmsSender:
 
     async def _key(self, call: Call, request_fingerprint: str) -> Outcome | Pending | None:
         async with self.runtime.db.transaction(write=False) as conn:
-            return await self.runtime.idempotency.find(conn, call, request_fingerprint)
+            return await self.runtime.idempotency.peek(conn, call, request_fingerprint)
 
     async def _record_intent(
         self, call: Call, request_fingerprint: str, phone: str, intent: Message,
@@ -208,8 +208,7 @@ class SmsSender:
         """Record the message before the provider hears of it, its key pending."""
         store = self.runtime.idempotency
         async with self.runtime.db.transaction(write=True) as conn:
-            await store.lock(conn, call)
-            found = await store.find(conn, call, request_fingerprint)
+            found = await store.claim(conn, call, request_fingerprint)
             if isinstance(found, Outcome):
                 return found
             if found is not None:
@@ -221,7 +220,7 @@ class SmsSender:
             # A fresh copy per attempt: a retried transaction must not reuse events.
             message = replace(intent, events=list(intent.events))
             await uow.messages.add(message)
-            await store.save(conn, call, request_fingerprint,
+            await store.record(uow, call, request_fingerprint,
                              Pending(message.message_id, intent.created_at, lease_until))
             await uow.commit()
             return message, _Attempts(maybe_sent=False)
@@ -233,8 +232,7 @@ class SmsSender:
         store = self.runtime.idempotency
         now = utcnow()
         async with self.runtime.db.transaction(write=True) as conn:
-            await store.lock(conn, call)
-            found = await store.find(conn, call, request_fingerprint)
+            found = await store.claim(conn, call, request_fingerprint)
             if isinstance(found, Outcome):
                 return found
             if found is None or not found.expired(now):
@@ -245,7 +243,7 @@ class SmsSender:
             if message.handoff is not Handoff.ACCEPTED:
                 message.handing_over(now)
                 await uow.messages.save(message)
-            await store.save(conn, call, request_fingerprint,
+            await store.record(uow, call, request_fingerprint,
                              Pending(message.message_id, found.created_at, lease_until))
             await uow.commit()
             log.info("took over an unfinished send", extra={"message_id": message.message_id,
@@ -292,13 +290,13 @@ class SmsSender:
     ) -> pb.Message:
         store = self.runtime.idempotency
         async with self.runtime.db.transaction(write=True) as conn:
-            await store.lock(conn, call, wait=True)
+            await store.claim(conn, call, request_fingerprint, wait=True)
             uow = self._uow(conn)
             message = await uow.messages.get(intent.message_id, for_update=True)
             message.accepted(receipt.provider_message_id, receipt.status, utcnow())
             await uow.messages.save(message)
             response = convert.message(message)
-            await store.save(conn, call, request_fingerprint, Outcome.success(response))
+            await store.record(uow, call, request_fingerprint, Outcome.success(response))
             await uow.commit()
             return response
 
@@ -308,7 +306,7 @@ class SmsSender:
         store = self.runtime.idempotency
         now = utcnow()
         async with self.runtime.db.transaction(write=True) as conn:
-            await store.lock(conn, call, wait=True)
+            await store.claim(conn, call, request_fingerprint, wait=True)
             uow = self._uow(conn)
             message = await uow.messages.get(intent.message_id, for_update=True)
             message.rejected(refused.code, refused.message, now)
@@ -319,7 +317,7 @@ class SmsSender:
                     await uow.recipients.save(recipient)
             outcome = Outcome.failure(
                 to_status(ProviderRejectedMessage(message, refused), self.runtime.domain))
-            await store.save(conn, call, request_fingerprint, outcome)
+            await store.record(uow, call, request_fingerprint, outcome)
             await uow.commit()
             return outcome
 
@@ -332,15 +330,14 @@ class SmsSender:
 
         async def release() -> None:
             async with self.runtime.db.transaction(write=True) as conn:
-                await store.lock(conn, call, wait=True)
-                found = await store.find(conn, call, request_fingerprint)
+                found = await store.claim(conn, call, request_fingerprint, wait=True)
                 if not isinstance(found, Pending) or found.resource_id != intent.message_id:
                     return
                 uow = self._uow(conn)
                 message = await uow.messages.get(intent.message_id, for_update=True)
                 message.not_handed_over(maybe_sent=attempts.maybe_sent, now=now)
                 await uow.messages.save(message)
-                await store.save(conn, call, request_fingerprint,
+                await store.record(uow, call, request_fingerprint,
                                  Pending(found.resource_id, found.created_at, now))
                 await uow.commit()
 
@@ -362,8 +359,8 @@ class SmsSender:
         for call, message_id in stale:
             try:
                 settled += await self._settle(call, message_id, cutoff)
-            except (ProviderUnavailable, CircuitOpen, errors.Unavailable):
-                log.info("recovery postponed: the provider or database is unavailable",
+            except (ProviderUnavailable, errors.Unavailable, errors.Aborted):
+                log.info("recovery postponed: the provider, the database or the key is busy",
                          extra={"message_id": message_id})
         return settled
 
@@ -378,8 +375,7 @@ class SmsSender:
         store = self.runtime.idempotency
         now = utcnow()
         async with self.runtime.db.transaction(write=True) as conn:
-            await store.lock(conn, call)
-            found = await store.find(conn, call, None)
+            found = await store.claim(conn, call, None)
             if not isinstance(found, Pending) or found.lease_until >= cutoff:
                 return 0
             uow = self._uow(conn)
@@ -387,7 +383,7 @@ class SmsSender:
             if receipt is not None:
                 current.accepted(receipt.provider_message_id, receipt.status, now)
                 await uow.messages.save(current)
-                await store.save(conn, call, found.fingerprint,
+                await store.record(uow, call, found.fingerprint,
                                  Outcome.success(convert.message(current)))
             else:
                 current.abandoned(now)

@@ -113,6 +113,11 @@ class Database:
         async with self.engine.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(crm_write=write)
+            elif not write:
+                # A read needs no BEGIN and ROLLBACK, two round trips of its own.
+                # Every read here is one statement, or statements that stay
+                # correct without one snapshot (the event log's prefix property).
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.begin()
             try:
                 yield conn

@@ -31,9 +31,10 @@ from itertools import islice
 from typing import Any
 
 import psycopg
-from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy import Executable, and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.shared import sql
 from services.shared.db import Database, backoff, retrying, utcnow
 from services.shared.errors import InvalidArgument, OutOfRange
 from services.shared.schema import LOG_ROW_ID, SharedTables
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 MAX_FILTER_IDS = 100
 PAGE = 500
+# How many events the feed fetches at once, and how long it lets wake-ups gather.
+FETCH = 1000
+COALESCE_SECONDS = 0.002
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,38 @@ class EventLog:
         self.postgres = postgres
         self.log_id = ""
         self._notify = text("SELECT pg_notify(:channel, '')")
+        # PostgreSQL: move the head, notify and insert the events in one statement.
+        self._append = sql.raw(f"""
+            WITH head AS (
+                UPDATE {self.log_row.name} SET head = head + %(n)s
+                WHERE id = {LOG_ROW_ID} RETURNING head
+            ), notified AS (SELECT pg_notify(%(channel)s, ''))
+            INSERT INTO {self.events.name}
+                (position, occurred_at, type, actor, lead_id, subject_id, payload)
+            SELECT head.head - %(n)s + r.ord, r.occurred_at, r.type, r.actor, r.lead_id,
+                   r.subject_id, r.payload
+            FROM head, notified, unnest(
+                %(occurred_at)s::timestamptz[], %(type)s::text[], %(actor)s::text[],
+                %(lead_id)s::text[], %(subject_id)s::text[], %(payload)s::bytea[]
+            ) WITH ORDINALITY AS r(occurred_at, type, actor, lead_id, subject_id, payload, ord)
+        """)
+        # The common case, one event, without arrays to build and unpack.
+        self._append_one = sql.raw(f"""
+            WITH head AS (
+                UPDATE {self.log_row.name} SET head = head + 1
+                WHERE id = {LOG_ROW_ID} RETURNING head
+            ), notified AS (SELECT pg_notify(%(channel)s, ''))
+            INSERT INTO {self.events.name}
+                (position, occurred_at, type, actor, lead_id, subject_id, payload)
+            SELECT head.head, %(occurred_at)s, %(type)s, %(actor)s, %(lead_id)s,
+                   %(subject_id)s, %(payload)s
+            FROM head, notified
+        """)
+        # The feed's read of what follows its head, on its own connection.
+        self.tail_sql = (
+            f"SELECT position, type, lead_id, subject_id, payload FROM {self.events.name} "
+            "WHERE position > %(after)s ORDER BY position LIMIT %(limit)s"
+        )
 
     # -- writing ---------------------------------------------------------------
 
@@ -159,6 +195,28 @@ class EventLog:
         )
         return head
 
+    def append_statement(
+        self, records: Sequence[EventRecord]
+    ) -> tuple[Executable, dict[str, Any]]:
+        """PostgreSQL: one statement moving the head, notifying and appending `records`."""
+        if len(records) == 1:
+            (r,) = records
+            return self._append_one, {
+                "channel": self.channel, "occurred_at": r.occurred_at, "type": r.type,
+                "actor": r.actor, "lead_id": r.lead_id, "subject_id": r.subject_id,
+                "payload": r.payload,
+            }
+        return self._append, {
+            "n": len(records),
+            "channel": self.channel,
+            "occurred_at": [r.occurred_at for r in records],
+            "type": [r.type for r in records],
+            "actor": [r.actor for r in records],
+            "lead_id": [r.lead_id for r in records],
+            "subject_id": [r.subject_id for r in records],
+            "payload": [r.payload for r in records],
+        }
+
     # -- reading ---------------------------------------------------------------
 
     async def head(self, conn: AsyncConnection) -> Head:
@@ -172,16 +230,18 @@ class EventLog:
         conn: AsyncConnection,
         *,
         after: int,
-        until: int,
+        until: int | None,
         where: Filter = Filter(),
         limit: int = PAGE,
     ) -> list[StoredEvent]:
-        """Events with `after < position <= until` that match, in log order.
+        """Events with `after < position <= until` (or beyond) that match, in log order.
 
-        Every event up to a head once read is committed, so the range is complete.
+        What a read sees of the log is always a gap-free prefix of it, since
+        positions follow commit order.
         """
         c = self.events.c
-        clauses = [c.position > after, c.position <= until]
+        clauses = [c.position > after] if until is None else [c.position > after,
+                                                               c.position <= until]
         if where.lead_ids:
             clauses.append(c.lead_id.in_(sorted(where.lead_ids)))
         if where.subject_ids:
@@ -260,6 +320,8 @@ class EventFeed:
         self._poked = asyncio.Event()
         self._advanced = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # PostgreSQL: the feed reads the log on a connection of its own.
+        self._reader: psycopg.AsyncConnection[Any] | None = None
 
     async def start(self) -> None:
         async with self.db.transaction(write=False) as conn:
@@ -283,6 +345,8 @@ class EventFeed:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._reader is not None:
+            await self._reader.close()
 
     def since(self, position: int) -> list[StoredEvent] | None:
         """Events after `position` from the ring, or None if it no longer reaches back."""
@@ -311,6 +375,8 @@ class EventFeed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
                     await self._poked.wait()
+                # Let the commits of a busy moment fold into one read.
+                await asyncio.sleep(COALESCE_SECONDS)
             self._poked.clear()
             try:
                 await self._catch_up()
@@ -320,16 +386,35 @@ class EventFeed:
 
     async def _catch_up(self) -> None:
         while True:
-            async with self.db.transaction(write=False) as conn:
-                head = (await self.log.head(conn)).head
-                if head <= self.head:
-                    return
-                batch = await self.log.read(conn, after=self.head, until=head, limit=1000)
+            # No need to read the head first: positions are given in commit
+            # order under the head's lock, so the events any read can see are
+            # a gap-free prefix of the log.
+            batch = await self._tail()
             if not batch:
                 return
             self._ring.extend(batch)
             self.head = batch[-1].position
             self._wake()
+            if len(batch) < FETCH:
+                return  # a short page: nothing more was visible
+
+    async def _tail(self) -> list[StoredEvent]:
+        """The events after the feed's head, as far as they are visible."""
+        if not self.log.postgres:
+            async with self.db.transaction(write=False) as conn:
+                return await self.log.read(conn, after=self.head, until=None, limit=FETCH)
+        if self._reader is None or self._reader.closed:
+            self._reader = await psycopg.AsyncConnection.connect(
+                self.db.libpq_conninfo(), autocommit=True, connect_timeout=5)
+        try:
+            cursor = await self._reader.execute(self.log.tail_sql,
+                                                {"after": self.head, "limit": FETCH})
+            rows = await cursor.fetchall()
+        except psycopg.Error:
+            await self._reader.close()
+            raise
+        return [StoredEvent(p, t, lead, subject, bytes(payload))
+                for p, t, lead, subject, payload in rows]
 
     async def _listen(self) -> None:
         attempt = 0

@@ -21,24 +21,31 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.shared import errors, status
+from services.shared import errors, sql, status
 from services.shared.context import Call, current_call
 from services.shared.db import Database, retrying, utcnow
 from services.shared.schema import SharedTables
 
+if TYPE_CHECKING:
+    from services.shared.uow import UnitOfWork
+
 REPLAYED = (("idempotent-replayed", "true"),)
+_TRY_LOCK = sql.raw("SELECT pg_try_advisory_xact_lock(%(lock)s)")
+_WAIT_FOR_LOCK = sql.raw("SELECT pg_advisory_xact_lock(%(lock)s)")
 MAX_KEY_LENGTH = 255
 DONE, PENDING = "done", "pending"
 
@@ -127,86 +134,149 @@ class Pending:
         return self.lease_until <= now
 
 
+# Outcomes a process keeps in memory to answer replays without the database.
+REMEMBERED_OUTCOMES = 10_000
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    fingerprint: str
+    outcome: Outcome
+    expires_at: datetime
+
+
 class IdempotencyStore:
     def __init__(self, tables: SharedTables, *, ttl_seconds: int, postgres: bool) -> None:
         self.keys = tables.idempotency_keys
         self.ttl = timedelta(seconds=ttl_seconds)
         self.postgres = postgres
-        self._try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
-        self._lock = text("SELECT pg_advisory_xact_lock(:key)")
+        # A stored outcome never changes until it expires (only an expired row is
+        # ever replaced), so replays of recent keys are answered from memory.
+        self._remembered: OrderedDict[tuple[str, str, str], _Remembered] = OrderedDict()
+        k = self.keys.c
+        self._find = select(
+            k.fingerprint, k.state, k.code, k.response, k.resource_id, k.created_at, k.expires_at
+        ).where(k.principal == bindparam("principal"), k.method == bindparam("method"),
+                k.key == bindparam("key"))
+        upsert = postgresql.insert(self.keys) if postgres else sqlite.insert(self.keys)
+        self._record = upsert.on_conflict_do_update(
+            index_elements=[k.principal, k.method, k.key],
+            set_={name: getattr(upsert.excluded, name) for name in (
+                "fingerprint", "state", "code", "response", "resource_id", "created_at",
+                "expires_at")},
+        )
 
-    async def lock(self, conn: AsyncConnection, call: Call, *, wait: bool = False) -> None:
-        """Hold the key for this transaction.
+    async def claim(
+        self, conn: AsyncConnection, call: Call, request_fingerprint: str | None, *,
+        wait: bool = False,
+    ) -> Outcome | Pending | None:
+        """Take the key for this transaction, and say what it holds.
 
-        A call arriving with the key is refused at once (KeyInUse) if another
-        holds it now. A call finishing what it started under the key (storing
-        its outcome) waits instead: others hold the lock only for a moment.
+        A stored outcome is returned even while another call holds the key:
+        replays never queue behind each other. Otherwise a call arriving while
+        another holds the key is refused at once (KeyInUse); a call finishing
+        what it started under the key (`wait`) waits instead, as others hold
+        the lock only for a moment. With a fingerprint, a key stored for
+        another request is KeyReused. On PostgreSQL the lock and the read go
+        out in one round trip, the read after the lock, so it sees any outcome
+        committed by the call that held it.
         """
-        if not self.postgres:
-            return  # SQLite: this transaction is the only writer.
-        digest = hashlib.sha256(f"{call.principal}\0{call.method}\0{call.idempotency_key}".encode())
-        key = int.from_bytes(digest.digest()[:8], "big", signed=True)
-        if wait:
-            await conn.execute(self._lock, {"key": key})
-        elif not (await conn.execute(self._try_lock, {"key": key})).scalar_one():
+        names = {"principal": call.principal, "method": call.method,
+                 "key": call.idempotency_key}
+        if self.postgres:
+            digest = hashlib.sha256(f"{call.principal}\0{call.method}\0{call.idempotency_key}"
+                                    .encode()).digest()
+            lock = int.from_bytes(digest[:8], "big", signed=True)
+            locking = _WAIT_FOR_LOCK if wait else _TRY_LOCK
+            locked_rows, found_rows = await sql.batch(
+                conn, [(locking, {"lock": lock}), (self._find, names)])
+            locked = wait or bool(locked_rows[0][0])
+            row = found_rows[0] if found_rows else None
+        else:  # SQLite: this transaction is the only writer.
+            locked = True
+            row = (await conn.execute(self._find, names)).first()
+        found = self._read(row, request_fingerprint, call)
+        if not locked and not isinstance(found, Outcome):
             raise KeyInUse()
+        return found
 
-    async def find(
+    def _read(self, row: Any, request_fingerprint: str | None,
+              call: Call | None = None) -> Outcome | Pending | None:
+        if row is None:
+            return None
+        fingerprint, state, code, response, resource_id, created_at, expires_at = row
+        if state == DONE and expires_at <= utcnow():
+            return None
+        if request_fingerprint is not None and fingerprint != request_fingerprint:
+            raise KeyReused()
+        if state == PENDING:
+            return Pending(resource_id or "", created_at, expires_at, fingerprint)
+        outcome = Outcome(code, bytes(response))
+        if call is not None:
+            self.remember(call, fingerprint, outcome, expires_at)
+        return outcome
+
+    def recall(self, call: Call, request_fingerprint: str) -> Outcome | None:
+        """The outcome stored under this key, if this process remembers it."""
+        name = (call.principal, call.method, call.idempotency_key)
+        found = self._remembered.get(name)
+        if found is None:
+            return None
+        if found.expires_at <= utcnow():
+            del self._remembered[name]
+            return None
+        if found.fingerprint != request_fingerprint:
+            raise KeyReused()
+        self._remembered.move_to_end(name)
+        return found.outcome
+
+    def remember(self, call: Call, request_fingerprint: str, outcome: Outcome,
+                 expires_at: datetime | None = None) -> None:
+        """Keep a committed outcome in memory, for replays (least recently used go first)."""
+        name = (call.principal, call.method, call.idempotency_key)
+        self._remembered[name] = _Remembered(request_fingerprint, outcome,
+                                             expires_at or utcnow() + self.ttl)
+        self._remembered.move_to_end(name)
+        if len(self._remembered) > REMEMBERED_OUTCOMES:
+            self._remembered.popitem(last=False)
+
+    async def record(
+        self, uow: UnitOfWork, call: Call, request_fingerprint: str, outcome: Outcome | Pending,
+    ) -> None:
+        """Store the key's outcome with the unit of work's other writes, or mark it
+        pending until its lease's end; an expired or pending row is replaced."""
+        now = utcnow()
+        done = isinstance(outcome, Outcome)
+        await uow.write(self._record, {
+            "principal": call.principal,
+            "method": call.method,
+            "key": call.idempotency_key,
+            "fingerprint": request_fingerprint,
+            "state": DONE if done else PENDING,
+            "code": outcome.code if isinstance(outcome, Outcome) else 0,
+            "response": outcome.body if isinstance(outcome, Outcome) else b"",
+            "resource_id": None if isinstance(outcome, Outcome) else outcome.resource_id,
+            "created_at": now,
+            "expires_at": now + self.ttl if isinstance(outcome, Outcome) else outcome.lease_until,
+        })
+
+    async def peek(
         self, conn: AsyncConnection, call: Call, request_fingerprint: str | None
     ) -> Outcome | Pending | None:
-        """The stored outcome for this key unless expired, or its pending call.
+        """What the key holds, read without taking it."""
+        names = {"principal": call.principal, "method": call.method,
+                 "key": call.idempotency_key}
+        return self._read((await conn.execute(self._find, names)).first(), request_fingerprint,
+                          call)
 
-        With a fingerprint, a key stored for another request is KeyReused."""
-        k = self.keys.c
-        row = (
-            await conn.execute(
-                select(k.fingerprint, k.state, k.code, k.response, k.resource_id, k.created_at,
-                       k.expires_at)
-                .where(k.principal == call.principal, k.method == call.method,
-                       k.key == call.idempotency_key)
-            )
-        ).first()
-        if row is None or (row.state == DONE and row.expires_at <= utcnow()):
-            return None
-        if request_fingerprint is not None and row.fingerprint != request_fingerprint:
-            raise KeyReused()
-        if row.state == PENDING:
-            return Pending(row.resource_id or "", row.created_at, row.expires_at, row.fingerprint)
-        return Outcome(row.code, bytes(row.response))
-
-    async def save(
-        self,
-        conn: AsyncConnection,
-        call: Call,
-        request_fingerprint: str,
-        outcome: Outcome | Pending,
-    ) -> None:
-        """Store the key's outcome, or mark it pending until the lease's end;
-        replaces an expired or pending row."""
-        k = self.keys.c
-        now = utcnow()
-        expires_at = outcome.lease_until if isinstance(outcome, Pending) else now + self.ttl
-        await conn.execute(
-            delete(self.keys).where(
-                k.principal == call.principal, k.method == call.method,
-                k.key == call.idempotency_key,
-            )
-        )
-        done = isinstance(outcome, Outcome)
-        await conn.execute(
-            insert(self.keys).values(
-                principal=call.principal,
-                method=call.method,
-                key=call.idempotency_key,
-                fingerprint=request_fingerprint,
-                state=DONE if done else PENDING,
-                code=outcome.code if isinstance(outcome, Outcome) else 0,
-                response=outcome.body if isinstance(outcome, Outcome) else b"",
-                resource_id=None if isinstance(outcome, Outcome) else outcome.resource_id,
-                created_at=now,
-                expires_at=expires_at,
-            )
-        )
+    async def stored(
+        self, conn: AsyncConnection, call: Call, request_fingerprint: str | None
+    ) -> Outcome | None:
+        """A stored outcome of the key, read without taking it; KeyInUse if pending."""
+        found = await self.peek(conn, call, request_fingerprint)
+        if isinstance(found, Pending):
+            raise KeyInUse()
+        return found
 
     async def purge(self, conn: AsyncConnection, *, limit: int = 1000) -> int:
         """Delete up to `limit` expired keys; returns how many. Pending keys stay."""
@@ -339,8 +409,7 @@ def _idempotent(handler_method: Handler, prepare: Served | None) -> Served:
         async def attempt() -> tuple[Outcome, bool]:
             fresh.clear()
             async with runtime.db.transaction(write=True) as conn:
-                await runtime.idempotency.lock(conn, call)
-                found = await runtime.idempotency.find(conn, call, request_fingerprint)
+                found = await runtime.idempotency.claim(conn, call, request_fingerprint)
                 if isinstance(found, Pending):
                     raise KeyInUse()
                 if found is not None:
@@ -354,14 +423,15 @@ def _idempotent(handler_method: Handler, prepare: Served | None) -> Served:
                         raise
                     return await _store_refusal(runtime, conn, call, request_fingerprint, refusal)
                 outcome = Outcome.success(response)
-                await runtime.idempotency.save(conn, call, request_fingerprint, outcome)
+                await runtime.idempotency.record(uow, call, request_fingerprint, outcome)
                 await uow.commit()
+                runtime.idempotency.remember(call, request_fingerprint, outcome)
                 fresh.append(response)
                 return outcome, False
 
-        outcome: Outcome | None = None
-        replayed = False
-        if prepare is not None:
+        outcome: Outcome | None = runtime.idempotency.recall(call, request_fingerprint)
+        replayed = outcome is not None
+        if outcome is None and prepare is not None:
             stored = await retrying(
                 lambda: _stored_outcome(runtime, call, request_fingerprint),
                 time_remaining=time_remaining,
@@ -416,7 +486,7 @@ async def answer(
 async def _stored_outcome(runtime: Runtime, call: Call, request_fingerprint: str) -> Outcome | None:
     """A stored outcome of this key, read without taking the key."""
     async with runtime.db.transaction(write=False) as conn:
-        found = await runtime.idempotency.find(conn, call, request_fingerprint)
+        found = await runtime.idempotency.stored(conn, call, request_fingerprint)
     if isinstance(found, Pending):
         raise KeyInUse()
     return found
@@ -440,15 +510,16 @@ async def _store_refusal(
     if conn.in_transaction():
         await conn.rollback()
     await conn.begin()
-    await runtime.idempotency.lock(conn, call, wait=True)
-    found = await runtime.idempotency.find(conn, call, request_fingerprint)
+    found = await runtime.idempotency.claim(conn, call, request_fingerprint, wait=True)
     if isinstance(found, Outcome):
         return found, True
     if isinstance(found, Pending):
         raise KeyInUse()
     outcome = Outcome.failure(refusal)
-    await runtime.idempotency.save(conn, call, request_fingerprint, outcome)
-    await conn.commit()
+    uow = runtime.unit_of_work(conn)
+    await runtime.idempotency.record(uow, call, request_fingerprint, outcome)
+    await uow.commit()
+    runtime.idempotency.remember(call, request_fingerprint, outcome)
     return outcome, False
 
 
