@@ -127,9 +127,10 @@ class BookingsApi(bookings_pb2_grpc.BookingsServiceServicer):
             changes=[messages.change(change) for _, change in page], next_page_token=token
         )
 
-    async def Subscribe(
+    # Events go out as bytes made once for every subscriber (see shared.subscribe).
+    async def Subscribe(  # type: ignore[override]
         self, request: pb.SubscribeRequest, context: Context
-    ) -> AsyncIterator[pb.Event]:
+    ) -> AsyncIterator[pb.Event | bytes]:
         where = Filter.of(
             lead_ids=request.lead_ids,
             subject_ids=request.appointment_ids,

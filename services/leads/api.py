@@ -107,9 +107,10 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
             next_page_token=token,
         )
 
-    async def Subscribe(
+    # Events go out as bytes made once for every subscriber (see shared.subscribe).
+    async def Subscribe(  # type: ignore[override]
         self, request: pb.SubscribeRequest, context: Context
-    ) -> AsyncIterator[pb.Event]:
+    ) -> AsyncIterator[pb.Event | bytes]:
         where = Filter.of(
             lead_ids=request.lead_ids, types=request.types, known_types=messages.EVENT_TYPES
         )

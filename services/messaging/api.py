@@ -131,8 +131,10 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
         await uow.messages.save(message)
         return convert.message(message)
 
-    async def Subscribe(self, request: pb.SubscribeRequest, context: Context
-                        ) -> AsyncIterator[pb.Event]:
+    # Events go out as bytes made once for every subscriber (see shared.subscribe).
+    async def Subscribe(  # type: ignore[override]
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.Event | bytes]:
         where = Filter.of(lead_ids=request.lead_ids, types=request.types,
                           known_types=convert.EVENT_TYPES)
         async for event in subscribe.stream(self.runtime, context, pb.Event,

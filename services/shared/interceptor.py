@@ -120,12 +120,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.unary_unary_rpc_method_handler(unary, **codec)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
+            serialize = handler.response_serializer
 
             async def stream(request: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with serving(ctx):
                     async for item in inner_stream(_parsed(request, method), ctx):
                         yield item
 
+            # Streams may send messages already serialized (events sent to many).
+            codec["response_serializer"] = (
+                lambda message: message if isinstance(message, bytes) else serialize(message))
             return grpc.unary_stream_rpc_method_handler(stream, **codec)
         return handler
 
@@ -159,16 +163,25 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await status.abort(ctx, status.internal(self.domain))
         finally:
             elapsed = time.perf_counter() - started
-            metrics.RPC_SECONDS.labels(self.service, rpc).observe(elapsed)
-            metrics.RPCS.labels(self.service, rpc, code).inc()
-            facts = context.maybe_call()
-            log.info("%s %s", rpc, code, extra={
-                "code": code, "ms": round(elapsed * 1000, 2), "rpc": rpc,
-                "request_id": facts.request_id if facts else "",
-                "principal": facts.principal if facts else "",
-            })
+            self._measured(rpc, code).observe(elapsed)
+            self._counted(rpc, code).inc()
+            if log.isEnabledFor(logging.INFO):
+                facts = context.maybe_call()
+                log.info("%s %s", rpc, code, extra={
+                    "code": code, "ms": round(elapsed * 1000, 2), "rpc": rpc,
+                    "request_id": facts.request_id if facts else "",
+                    "principal": facts.principal if facts else "",
+                })
             if entered is not None:
                 context.leave(entered)
+
+    @functools.cache  # noqa: B019 - one interceptor per server, a handful of labels
+    def _measured(self, rpc: str, code: str) -> Any:
+        return metrics.RPC_SECONDS.labels(self.service, rpc)
+
+    @functools.cache  # noqa: B019
+    def _counted(self, rpc: str, code: str) -> Any:
+        return metrics.RPCS.labels(self.service, rpc, code)
 
     def _begin(self, ctx: grpc.aio.ServicerContext, method: str, kind: Kind) -> context.Call:
         headers = dict(ctx.invocation_metadata() or ())

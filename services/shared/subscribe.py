@@ -1,8 +1,10 @@
 """The Subscribe RPC, the same for every service.
 
 Turns the positions and bookmarks of `events.follow` into the service's own
-`Event` messages. An event read from the shared ring is rendered once, however
-many subscribers send it.
+`Event` messages. An event is sent as bytes made once, however many
+subscribers send it: its stored payload (the `Event` without its cursor) with
+the cursor field appended — protobuf reads fields in any order, and the call
+interceptor passes bytes through its serializer untouched.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ async def stream(
     event_class: type[E],
     after_cursor: str,
     where: Filter,
-) -> AsyncIterator[E]:
+) -> AsyncIterator[E | bytes]:
     start = await start_position(runtime.db, runtime.log, after_cursor, context.time_remaining())
     delivered = metrics.EVENTS_DELIVERED.labels(runtime.name)
     cursor = runtime.log.cursor
@@ -43,8 +45,18 @@ async def stream(
             )
             continue
         if item.rendered is None:
-            message = event_class.FromString(item.payload)
-            message.cursor = cursor(item.position)  # type: ignore[attr-defined]
-            item.rendered = message
+            item.rendered = item.payload + _cursor_field(cursor(item.position))
         delivered.inc()
         yield item.rendered
+
+
+def _cursor_field(value: str) -> bytes:
+    """Field 1 (`cursor`, a string) of an Event, encoded."""
+    data = value.encode()
+    length = len(data)
+    varint = bytearray()
+    while length > 0x7F:
+        varint.append((length & 0x7F) | 0x80)
+        length >>= 7
+    varint.append(length)
+    return b"\x0a" + bytes(varint) + data
