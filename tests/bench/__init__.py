@@ -14,7 +14,10 @@ the orchestrator's time, and each client reports its own CPU share.
 Rows (tests.bench.scenarios): the echo baseline, CreateLead, UpdateLeadStatus,
 ConfirmAppointment, SendSms, Replay (one key replayed by every caller),
 ReplayOwnKey (a key per caller), GetLead — over gRPC and through the gateway
-over HTTP, at concurrency 1 and 32; then realtime (tests.bench.realtime):
+over HTTP, at concurrency 1 and 32; on PostgreSQL, CreateLead and
+UpdateLeadStatus also against their lean reference (tests.bench.lean: the same
+write by hand in raw SQL, on a bare grpc.aio server), in the same turns, and
+their ratio to it (xlean); then realtime (tests.bench.realtime):
 commit-to-subscriber latency and memory per idle stream for 1, 100 and 1,000
 Subscribe streams on one leads process, and as many SSE clients of the gateway.
 

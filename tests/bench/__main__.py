@@ -39,8 +39,10 @@ def parse(argv: list[str]) -> Options:
                              "quick 1)")
     parser.add_argument("--only", type=_list(str), default=[],
                         help="scenarios to run, comma-separated substrings or globs: CreateLead, "
-                             "UpdateLeadStatus, ConfirmAppointment, SendSms, Replay, "
-                             "ReplayOwnKey, GetLead, Subscribe, SSE (default: all)")
+                             "LeanCreateLead, UpdateLeadStatus, LeanUpdateLeadStatus, "
+                             "ConfirmAppointment, SendSms, Replay, ReplayOwnKey, GetLead, "
+                             "Subscribe, SSE (default: all; CreateLead takes LeanCreateLead "
+                             "too, '[C]reateLead' only the service's)")
     parser.add_argument("--backends", type=_list(str), default=["postgresql", "sqlite"],
                         help="postgresql,sqlite (default both)")
     parser.add_argument("--paths", type=_list(str), default=["grpc", "http"],

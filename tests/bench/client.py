@@ -7,7 +7,9 @@ or `{"error": …}`.
 
     {"kind": "load", "scenario": "GetLead", "paths": ["grpc", "http"], "rounds": 3,
      "echo_share": 0.25, "concurrencies": [1, 32], "warmup": 0.5, "duration": 3,
-     "channels": 1, "targets": {…}, "token": "…"}
+     "channels": 1, "targets": {…}, "token": "…",
+     "companions": {"LeanCreateLead": ["grpc"]}}   (optional: other scenarios
+                                                    taking turns in the same rounds)
     {"kind": "subscribe", "via": "grpc" | "sse" | "echo", "streams": 100, …}
     {"kind": "write", "via": "grpc" | "echo", "events": 30, "interval": 0.05, …}
 """
@@ -39,8 +41,12 @@ ECHO_WARMUP = 0.1
 
 @dataclass(frozen=True)
 class Turn:
-    """One path's share of a round."""
+    """One path's share of a round (of the job's scenario or of a companion)."""
 
+    # What its marks and its result are known by: the path, "<scenario>/<path>"
+    # for a companion's.
+    id: str
+    scenario: str
     path: str
     call: Callable[[int], Awaitable[None]]
     seconds: float
@@ -48,46 +54,56 @@ class Turn:
 
 
 async def load(job: dict[str, Any]) -> None:
-    """Per concurrency: prepare, then `rounds` rounds in which each path takes its turn,
-    and the echo baseline too (for `echo_share` of the time), so that a row and its
-    baseline see the same drift of a shared machine."""
+    """Per concurrency: prepare, then `rounds` rounds in which each path takes its turn
+    (the job's scenario's, then its companions'), and the echo baseline too (for
+    `echo_share` of the time), so that rows measured together and their baseline see
+    the same drift of a shared machine."""
     concurrencies = [int(c) for c in job["concurrencies"]]
-    paths: list[str] = list(job["paths"])
+    main_scenario = str(job["scenario"])
+    parts: dict[str, list[str]] = {main_scenario: list(job["paths"]),
+                                   **job.get("companions", {})}
     rounds = max(1, int(job.get("rounds", 1)))
     warmup, duration = float(job["warmup"]), float(job["duration"])
     kit = Kit(job["targets"], job["token"], channels=int(job.get("channels", 1)),
               http_connections=max(concurrencies))
-    scenario = SCENARIOS[job["scenario"]](kit)
-    calls = {GRPC: scenario.grpc, HTTP: scenario.http}
-    turns = [Turn(path, calls[path], duration / rounds, min(warmup, ROUND_WARMUP))
-             for path in paths]
+    scenarios = {name: SCENARIOS[name](kit) for name in parts}
+    turns: list[Turn] = []
+    for name, paths in parts.items():
+        scenario = scenarios[name]
+        calls = {GRPC: scenario.grpc, HTTP: scenario.http}
+        turns.extend(Turn(path if name == main_scenario else f"{name}/{path}", name, path,
+                          calls[path], duration / rounds, min(warmup, ROUND_WARMUP))
+                     for path in paths)
     echo_share = float(job.get("echo_share", 0.0))
     baseline = Echo(kit)
     if echo_share > 0:
-        turns.append(Turn(ECHO, baseline.grpc, duration * echo_share / rounds, ECHO_WARMUP))
-    # What the scenario's own turns take, for making the data they consume.
-    spent = sum(turn.seconds * rounds + turn.warmup * (rounds - 1) + warmup
-                for turn in turns if turn.path != ECHO)
+        turns.append(Turn(ECHO, baseline.name, ECHO, baseline.grpc,
+                          duration * echo_share / rounds, ECHO_WARMUP))
+    # What each scenario's own turns take, for making the data they consume.
+    spent = {name: sum(turn.seconds * rounds + turn.warmup * (rounds - 1) + warmup
+                       for turn in turns if turn.scenario == name) for name in scenarios}
     results: list[dict[str, Any]] = []
     try:
         for concurrency in concurrencies:
-            await scenario.prepare(concurrency, scenario.prepare_share * spent)
+            for name, scenario in scenarios.items():
+                await scenario.prepare(concurrency, scenario.prepare_share * spent[name])
             await baseline.prepare(concurrency, 0)
-            tallies = {turn.path: Tally(concurrency) for turn in turns}
+            tallies = {turn.id: Tally(concurrency) for turn in turns}
             for round_ in range(rounds):
                 for turn in turns:
 
-                    def mark(what: str, path: str = turn.path, concurrency: int = concurrency
+                    def mark(what: str, turn_id: str = turn.id, concurrency: int = concurrency
                              ) -> None:
-                        emit({"mark": what, "path": path, "concurrency": concurrency})
+                        emit({"mark": what, "path": turn_id, "concurrency": concurrency})
 
                     first = round_ == 0 and turn.path != ECHO
                     await drive(turn.call, concurrency=concurrency,
                                 warmup=warmup if first else turn.warmup,
-                                duration=turn.seconds, mark=mark, into=tallies[turn.path])
+                                duration=turn.seconds, mark=mark, into=tallies[turn.id])
             echo = tallies[ECHO].raw() if ECHO in tallies else None
-            results.extend({"path": path, **tallies[path].result(), "echo": echo}
-                           for path in paths)
+            results.extend({"scenario": turn.scenario, "path": turn.path, "turn": turn.id,
+                            **tallies[turn.id].result(), "echo": echo}
+                           for turn in turns if turn.path != ECHO)
     finally:
         await kit.close()
     emit({"result": results})

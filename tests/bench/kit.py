@@ -85,6 +85,8 @@ class Kit:
             for name, target in self.targets.items() if name != "gateway"
         }
         self.leads = [leads_pb2_grpc.LeadsServiceStub(c) for c in self._channels.get("leads", [])]
+        # The lean reference (tests.bench.lean) answers the leads writes.
+        self.lean = [leads_pb2_grpc.LeadsServiceStub(c) for c in self._channels.get("lean", [])]
         self.bookings = [bookings_pb2_grpc.BookingsServiceStub(c)
                          for c in self._channels.get("bookings", [])]
         self.messaging = [messaging_pb2_grpc.MessagingServiceStub(c)
@@ -138,8 +140,9 @@ class Kit:
 
     # -- preparing data (not measured) ---------------------------------------------
 
-    async def create_lead(self, name: str = "Bench Lead") -> str:
-        lead = await self.leads[0].CreateLead(
+    async def create_lead(self, name: str = "Bench Lead",
+                          stub: leads_pb2_grpc.LeadsServiceStub | None = None) -> str:
+        lead = await (stub or self.leads[0]).CreateLead(
             leads_pb2.CreateLeadRequest(name=name, phone=PHONE),
             metadata=self.keyed(new_key()), timeout=DEADLINE)
         return str(lead.lead_id)

@@ -155,7 +155,7 @@ async def run_load(job: Mapping[str, Any], probe: CpuProbe, log: Path) -> list[d
             results: list[dict[str, Any]] = message["result"]
             for result in results:
                 concurrency = int(result["concurrency"])
-                found = usage.get((result["path"], concurrency))
+                found = usage.get((result.pop("turn", result["path"]), concurrency))
                 result["server_cpu"] = found.shares() if found else {}
                 echo = usage.get(("echo", concurrency))
                 result["echo_cpu"] = echo.shares() if echo else {}

@@ -16,7 +16,7 @@ from tests.bench.stats import ratio
 
 MEMORY_MIN_STREAMS = 100
 SHORT = {"leads": "L", "bookings": "B", "messaging": "M", "gateway": "G", "echo": "E",
-         "postgres": "P"}
+         "lean": "R", "postgres": "P"}
 
 
 def machine() -> dict[str, Any]:
@@ -47,7 +47,8 @@ def machine() -> dict[str, Any]:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """xecho: against the echo baseline of the same backend and concurrency;
-    xgrpc (HTTP rows): against the same call straight over gRPC."""
+    xgrpc (HTTP rows): against the same call straight over gRPC;
+    xlean (gRPC rows of a call with a lean reference): against that reference."""
     def find(scenario: str, backend: str, path: str, concurrency: int) -> list[dict[str, Any]]:
         return [row for row in rows if "rps" in row and (
             row["scenario"], row["backend"], row["path"], row["concurrency"]) == (
@@ -60,9 +61,15 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                 if all(row[key] is not None for row in found) else None
                 for key in ("rps", "p50_ms", "p99_ms")}
 
+    references = {(row["reference_for"], row["backend"], row["concurrency"]): row
+                  for row in rows if "rps" in row and row.get("reference_for")}
     for row in rows:
         if "rps" not in row:
             continue
+        lean = references.get((row["scenario"], row["backend"], row["concurrency"]))
+        if lean is not None and row["path"] == "grpc":
+            row["x_lean"] = {"rps": ratio(row["rps"], lean["rps"]),
+                             "p50": ratio(row["p50_ms"], lean["p50_ms"])}
         # A row's own interleaved echo turns; the backend's echo rows for the rest.
         base = row.get("echo") or mean(find("Echo", row["backend"], "grpc", row["concurrency"]))
         row["x_echo"] = {
@@ -102,12 +109,12 @@ def _table(header: list[str], lines: list[list[str]], right: set[int]) -> str:
 
 def calls_table(rows: list[dict[str, Any]]) -> str:
     header = ["scenario", "backend", "path", "conc", "req/s", "p50 ms", "p99 ms", "errors",
-              "xecho", "xgrpc", "client CPU", "server CPU"]
+              "xecho", "xgrpc", "xlean", "client CPU", "server CPU"]
     lines = []
     for row in rows:
         if "rps" not in row:
             lines.append([row["label"], row["backend"], row["path"],
-                          str(row.get("concurrency", "-")), "FAILED", "", "", "", "", "", "",
+                          str(row.get("concurrency", "-")), "FAILED", "", "", "", "", "", "", "",
                           str(row.get("failure", ""))[:60]])
             continue
         errors = str(row["error_count"])
@@ -115,14 +122,15 @@ def calls_table(rows: list[dict[str, Any]]) -> str:
             top = max(row["errors"].items(), key=lambda item: item[1])[0]
             errors += f" ({top})"
         x_grpc = row.get("x_grpc", {}).get("rps")
+        x_lean = row.get("x_lean", {}).get("rps")
         rps = f"{row['rps']:.0f}" + ("*" if row.get("exhausted") else "")
         lines.append([
             row["label"], row["backend"], row["path"], str(row["concurrency"]), rps,
             _num(row["p50_ms"], 2), _num(row["p99_ms"], 2), errors,
-            _num(row["x_echo"]["rps"], 2), _num(x_grpc, 2), f"{row['client_cpu']:.2f}",
-            _cpu(row.get("server_cpu", {})),
+            _num(row["x_echo"]["rps"], 2), _num(x_grpc, 2), _num(x_lean, 2),
+            f"{row['client_cpu']:.2f}", _cpu(row.get("server_cpu", {})),
         ])
-    return _table(header, lines, right={3, 4, 5, 6, 8, 9, 10})
+    return _table(header, lines, right={3, 4, 5, 6, 8, 9, 10, 11})
 
 
 def realtime_table(rows: list[dict[str, Any]]) -> str:
@@ -193,9 +201,12 @@ LEGEND = (
     "req/s: successful calls completed in the window (* = prepared data ran out: shorter "
     "window). xecho: req/s ÷ the bare echo server's at the same concurrency, measured in "
     "turns with the row (Echo rows: every such turn of the backend, merged). "
-    "xgrpc: HTTP req/s ÷ the same call straight over gRPC. CPU: process CPU time ÷ wall "
-    "time (1.00 = one core); server CPU: L leads, B bookings, M messaging, G gateway, "
-    "E echo, P the PostgreSQL backends of the run."
+    "xgrpc: HTTP req/s ÷ the same call straight over gRPC. xlean: req/s ÷ that of the "
+    "call's lean reference (the \"(lean raw SQL)\" row: tests.bench.lean, the same write by "
+    "hand in raw psycopg on a bare grpc.aio server and a database of its own), measured in "
+    "turns with the row. CPU: process CPU time ÷ wall time (1.00 = one core); server CPU: "
+    "L leads, B bookings, M messaging, G gateway, E echo, R the lean reference, P the "
+    "PostgreSQL backends of the run."
 )
 REALTIME_LEGEND = (
     "latency: t_seen (subscriber received the event) - t_commit (the writer's CreateLead "

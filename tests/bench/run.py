@@ -87,34 +87,47 @@ class Run:
     def token(self) -> str:
         return self.tokens["bench"]
 
-    async def load(self, where: Where, scenario: str, label: str = "") -> None:
-        """Every selected path and concurrency of one scenario, in one client process."""
+    def _paths(self, scenario: str) -> list[str]:
+        return [path for path in self.options.paths if path in SCENARIOS[scenario].paths]
+
+    async def load(self, where: Where, scenario: str, companions: list[str] | None = None
+                   ) -> None:
+        """Every selected path and concurrency of one scenario, in one client process;
+        `companions` (references for it) take their turns in the same rounds."""
         kind = SCENARIOS[scenario]
         concurrencies = [c for c in self.options.concurrencies if c >= kind.min_concurrency]
-        paths = [path for path in self.options.paths if path in kind.paths]
+        paths = self._paths(scenario)
+        others = {name: found for name in companions or [] if (found := self._paths(name))}
         if not concurrencies or not paths:
             return
         job = {"kind": "load", "scenario": scenario, "paths": paths, "targets": where.targets,
                "token": self.token, "concurrencies": concurrencies,
                "warmup": self.options.warmup, "duration": self.options.duration,
                "rounds": self.options.rounds, "echo_share": self.options.echo_share,
-               "channels": self.options.channels}
-        label = label or scenario
-        facts = {"scenario": scenario, "label": label, "backend": where.backend}
+               "channels": self.options.channels, "companions": others}
+
+        def facts(name: str) -> dict[str, Any]:
+            found = SCENARIOS[name]
+            return {"scenario": name, "label": found.label or name, "backend": where.backend,
+                    **({"reference_for": found.reference_for} if found.reference_for else {})}
+
         try:
             results = await run_load(job, where.probe, self.workdir / "clients.log")
         except (ClientFailed, TimeoutError) as error:
             self.failures += 1
-            progress(f"  {label} on {where.backend}: FAILED {error}")
-            self.calls.extend({**facts, "path": path, "failure": str(error)} for path in paths)
+            progress(f"  {scenario} on {where.backend}: FAILED {error}")
+            self.calls.extend({**facts(name), "path": path, "failure": str(error)}
+                              for name, found in {scenario: paths, **others}.items()
+                              for path in found)
             return
         counted: set[int] = set()
         for result in results:
             self._baseline(result, counted)
-            self.calls.append({**facts, **result})
+            row = {**facts(result["scenario"]), **result}
+            self.calls.append(row)
             errors = f", {result['error_count']} errors" if result["error_count"] else ""
             path = result["path"]
-            progress(f"  {label:<18} {where.backend:<10} {path:<4} "
+            progress(f"  {row['label']:<25} {where.backend:<10} {path:<4} "
                      f"c={result['concurrency']:<3} {result['rps']:8.0f} req/s  "
                      f"p50 {result['p50_ms'] or 0:7.2f} ms{errors}  "
                      f"client CPU {result['client_cpu']:.2f}")
@@ -176,9 +189,17 @@ class Run:
         for streams in sizes:
             await self.feed(where, "echo", streams, {"echo": self.echo.pid})
 
+    def calls_on(self, backend: str) -> list[str]:
+        """The selected calls that run on this backend (not the Echo scenario: its
+        turns are in every call's rounds)."""
+        return [name for name, kind in SCENARIOS.items()
+                if name != "Echo" and backend in kind.backends and self.options.selected(name)]
+
     async def backend(self, backend: str) -> None:
-        progress(f"{backend}: starting leads, bookings, messaging and the gateway")
-        async with stack(backend, self.tokens, self.workdir / backend) as running:
+        lean = any(SCENARIOS[name].reference_for for name in self.calls_on(backend))
+        progress(f"{backend}: starting leads, bookings, messaging and the gateway"
+                 + (", and the lean reference" if lean else ""))
+        async with stack(backend, self.tokens, self.workdir / backend, lean=lean) as running:
             await self.on_stack(running)
 
     async def on_stack(self, running: Stack) -> None:
@@ -189,12 +210,16 @@ class Run:
              "gateway": running.servers["gateway"].url},
             CpuProbe({**running.pids(), "echo": self.echo.pid}, running.databases),
         )
-        calls = [name for name in SCENARIOS if name != "Echo" and options.selected(name)]
-        # A call's gRPC and HTTP rows and its echo baseline take turns in rounds,
-        # so that their ratios span as little drift of the machine as possible.
+        calls = self.calls_on(running.backend)
+        # A call's gRPC and HTTP rows, its lean reference and its echo baseline take
+        # turns in rounds, so that their ratios span as little drift of the machine
+        # as possible.
         first = len(self.calls)
         for name in calls:
-            await self.load(where, name)
+            if SCENARIOS[name].reference_for in calls:
+                continue  # measured in the turns of the call it is the reference for
+            await self.load(where, name,
+                            [other for other in calls if SCENARIOS[other].reference_for == name])
         self.calls[first:first] = self.echo_rows(where.backend)
         pids = running.pids()
         if options.selected(SUBSCRIBE):

@@ -5,6 +5,9 @@ call consumes (leads to move, pending appointments to confirm) is made before
 the measurement, for a time budget proportional to the time measured (with
 warm-ups, every path); if it runs out anyway the measurement window ends there
 and the result says so.
+
+The Lean… scenarios make the same calls to the lean reference (tests.bench.lean,
+PostgreSQL only), in the turns of the call they are the reference for.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections import deque
 from typing import ClassVar
 
 from crm.bookings.v1 import bookings_pb2
-from crm.leads.v1 import leads_pb2
+from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from crm.messaging.v1 import messaging_pb2
 
 from tests.bench.kit import DEADLINE, PHONE, Exhausted, Failed, Kit, fill, new_key
@@ -31,7 +34,13 @@ class Scenario:
     """One call, measured by `tests.bench.load`; `prepare` runs before each concurrency."""
 
     name: ClassVar[str]
+    # What the report calls it (default: the name).
+    label: ClassVar[str] = ""
     paths: ClassVar[tuple[str, ...]] = (GRPC, HTTP)
+    backends: ClassVar[tuple[str, ...]] = ("postgresql", "sqlite")
+    # A reference measured in the turns of that scenario, which the report
+    # gives its ratio to (xlean).
+    reference_for: ClassVar[str] = ""
     # Concurrencies below this are skipped (the scenario means nothing there).
     min_concurrency: ClassVar[int] = 1
     # Time spent making consumable data, as a share of warm-up + duration.
@@ -40,6 +49,11 @@ class Scenario:
     def __init__(self, kit: Kit) -> None:
         self.kit = kit
         self.counter = itertools.count()
+
+    @property
+    def stubs(self) -> list[leads_pb2_grpc.LeadsServiceStub]:
+        """The leads service's stubs, one per channel."""
+        return self.kit.leads
 
     async def prepare(self, concurrency: int, budget: float) -> None:
         """Make what the calls need; `budget` is the time to spend on consumables."""
@@ -70,10 +84,10 @@ class CreateLead(Scenario):
     name = "CreateLead"
 
     async def grpc(self, worker: int) -> None:
-        kit = self.kit
-        await kit.leads[worker % len(kit.leads)].CreateLead(
+        stubs = self.stubs
+        await stubs[worker % len(stubs)].CreateLead(
             leads_pb2.CreateLeadRequest(name=f"Bench Lead {next(self.counter)}", phone=PHONE),
-            metadata=kit.keyed(new_key()), timeout=DEADLINE)
+            metadata=self.kit.keyed(new_key()), timeout=DEADLINE)
 
     async def http(self, worker: int) -> None:
         await self.kit.http("POST", "/v1/leads",
@@ -114,7 +128,7 @@ class UpdateLeadStatus(Scenario):
 
     async def prepare(self, concurrency: int, budget: float) -> None:
         async def make() -> None:
-            self.line.append((await self.kit.create_lead(), 0))
+            self.line.append((await self.kit.create_lead(stub=self.stubs[0]), 0))
 
         await fill(make, seconds=budget, at_least=4 * concurrency)
 
@@ -128,7 +142,7 @@ class UpdateLeadStatus(Scenario):
             await kit.http("POST", f"/v1/leads/{lead_id}:updateStatus",
                            {"status": leads_pb2.LeadStatus.Name(MOVES[step])}, key=new_key())
         else:
-            await kit.leads[worker % len(kit.leads)].UpdateLeadStatus(
+            await self.stubs[worker % len(self.stubs)].UpdateLeadStatus(
                 leads_pb2.UpdateLeadStatusRequest(lead_id=lead_id, status=MOVES[step]),
                 metadata=kit.keyed(new_key()), timeout=DEADLINE)
         # Only a lead whose move succeeded is moved again (a failed one is left aside).
@@ -247,6 +261,35 @@ class Replay(Scenario):
         await self.kit.http("POST", "/v1/leads", self.body, key=self._key(worker))
 
 
+class LeanCreateLead(CreateLead):
+    """The same call to `tests.bench.lean`: the write by hand in raw SQL, on its own
+    migrated leads database, measured in CreateLead's turns."""
+
+    name = "LeanCreateLead"
+    label = "CreateLead (lean raw SQL)"
+    paths = (GRPC,)
+    backends = ("postgresql",)
+    reference_for = "CreateLead"
+
+    @property
+    def stubs(self) -> list[leads_pb2_grpc.LeadsServiceStub]:
+        return self.kit.lean
+
+
+class LeanUpdateLeadStatus(UpdateLeadStatus):
+    """UpdateLeadStatus to `tests.bench.lean` (its leads made there too)."""
+
+    name = "LeanUpdateLeadStatus"
+    label = "UpdateLeadStatus (lean raw SQL)"
+    paths = (GRPC,)
+    backends = ("postgresql",)
+    reference_for = "UpdateLeadStatus"
+
+    @property
+    def stubs(self) -> list[leads_pb2_grpc.LeadsServiceStub]:
+        return self.kit.lean
+
+
 class ReplayOwnKey(Replay):
     """Replays again, each worker of its own key (many clients, each retrying its call)."""
 
@@ -258,6 +301,7 @@ class ReplayOwnKey(Replay):
 
 
 SCENARIOS: dict[str, type[Scenario]] = {
-    s.name: s for s in (Echo, CreateLead, UpdateLeadStatus, ConfirmAppointment, SendSms,
-                        Replay, ReplayOwnKey, GetLead)
+    s.name: s for s in (Echo, CreateLead, LeanCreateLead, UpdateLeadStatus,
+                        LeanUpdateLeadStatus, ConfirmAppointment, SendSms, Replay, ReplayOwnKey,
+                        GetLead)
 }

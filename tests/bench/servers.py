@@ -1,4 +1,5 @@
-"""The processes under test: the echo baseline, the three services and the gateway.
+"""The processes under test: the echo baseline, the three services and the gateway,
+and on PostgreSQL the lean reference (tests.bench.lean) if a call wants it.
 
 Each runs as a user runs it (`python -m services.leads --port N`, `python -m
 gateway --port N`), but at CRM_LOG_LEVEL=WARNING so that logging does not
@@ -8,7 +9,8 @@ tests/support/servers.py waits for is not written, so the port is picked here
 the others are) and readiness is the health service's SERVING (the gateway:
 `GET /healthz`).
 
-A run's PostgreSQL databases are created fresh and dropped at its end.
+A run's PostgreSQL databases are created fresh and dropped at its end; the lean
+reference gets one of its own, migrated by `python -m services.leads migrate`.
 """
 
 from __future__ import annotations
@@ -149,19 +151,47 @@ async def start_server(name: str, module: str, env: Mapping[str, str], workdir: 
     raise RuntimeError(f"{name} exited ({process.returncode}):\n{server.log_tail()}")
 
 
-async def start_echo(workdir: Path) -> Server:
-    """The echo server picks its own port and says which."""
-    log = workdir / "echo.log"
+async def start_announced(name: str, module: str, args: list[str], workdir: Path) -> Server:
+    """A server that picks its own port and says which (`{"port": N}` on stdout)."""
+    log = workdir / f"{name}.log"
     with log.open("ab") as sink:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.bench.echo", "--port", "0", cwd=ROOT,
+            sys.executable, "-m", module, "--port", "0", *args, cwd=ROOT,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=sink,
         )
     assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
     if not line:
-        raise RuntimeError(f"the echo server exited:\n{log.read_text()[-3000:]}")
-    return Server("echo", process, int(json.loads(line)["port"]), log)
+        await process.wait()
+        raise RuntimeError(f"{name} exited ({process.returncode}):\n"
+                           f"{log.read_text(errors='replace')[-3000:]}")
+    return Server(name, process, int(json.loads(line)["port"]), log)
+
+
+async def start_echo(workdir: Path) -> Server:
+    return await start_announced("echo", "tests.bench.echo", [], workdir)
+
+
+async def start_lean(database_url: str, env: Mapping[str, str], workdir: Path) -> Server:
+    """Migrate a leads database with the service itself, then serve the lean reference
+    on it (`database_url`: SQLAlchemy's, as the services take it)."""
+    log = workdir / "lean.log"
+    with log.open("ab") as sink:
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.leads", "migrate", cwd=ROOT, env={**env},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=sink,
+        )
+    if await asyncio.wait_for(migrate.wait(), START_TIMEOUT) != 0:
+        raise RuntimeError(f"migrating the lean database failed:\n"
+                           f"{log.read_text(errors='replace')[-3000:]}")
+    libpq = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    return await start_announced("lean", "tests.bench.lean", ["--database-url", libpq],
+                                 workdir)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------
@@ -243,14 +273,17 @@ def service_env(tokens: Mapping[str, str], database_url: str, workdir: Path,
 
 
 @contextlib.asynccontextmanager
-async def stack(backend: str, tokens: Mapping[str, str], workdir: Path) -> AsyncIterator[Stack]:
-    """Start everything on `backend` (fresh databases), stop it and drop them at the end."""
+async def stack(backend: str, tokens: Mapping[str, str], workdir: Path, *, lean: bool = False
+                ) -> AsyncIterator[Stack]:
+    """Start everything on `backend` (fresh databases), stop it and drop them at the end;
+    with `lean` on PostgreSQL, the lean reference too (as "lean")."""
     run = Stack(backend)
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     urls: dict[str, str] = {}
     if backend == "postgresql":
         suffix = secrets.token_hex(3)
-        names = {service: f"crmbench_{suffix}_{service}" for service in SERVICES}
+        names = {service: f"crmbench_{suffix}_{service}"
+                 for service in (*SERVICES, *(["lean"] if lean else []))}
         created = await asyncio.to_thread(create_databases, list(names.values()))
         run.databases = list(names.values())
         urls = {service: created[name] for service, name in names.items()}
@@ -270,6 +303,8 @@ async def stack(backend: str, tokens: Mapping[str, str], workdir: Path) -> Async
             start_server("gateway", "gateway",
                          service_env(tokens, urls["leads"], workdir, ports), workdir,
                          ports["gateway"]),
+            *([start_lean(urls["lean"], service_env(tokens, urls["lean"], workdir, ports),
+                          workdir)] if "lean" in urls else []),
             return_exceptions=True,
         )
         for server in started:
