@@ -13,15 +13,22 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+TIMEOUT_SECONDS = 3.0
 
-def serving(target: str, service: str = "", timeout: float = 3.0) -> bool:
+
+def serving(target: str, service: str = "", timeout: float = TIMEOUT_SECONDS) -> bool:
     with grpc.insecure_channel(target) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.RpcError:
-            return False
+        return check(channel, service, timeout)
+
+
+def check(channel: grpc.Channel, service: str = "", timeout: float = TIMEOUT_SECONDS) -> bool:
+    """True only for an answer of SERVING; any other status or error is False."""
+    try:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    except grpc.RpcError:
+        return False
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
