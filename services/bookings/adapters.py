@@ -6,14 +6,20 @@ second confirmed appointment of one agent over an overlapping range, even
 when confirms race on several replicas. On SQLite every write transaction
 holds the database's single writer lock, so the check before the update is
 already safe.
+
+On PostgreSQL the writes of a unit of work go out with its commit, in one
+round trip (see services.shared.uow). A confirm that the constraint refuses
+there lost a race to a confirm that committed first (the constraint waited
+for it): the transaction is run again from the start, and this time the
+check sees the winner and the refusal names it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
+from psycopg.errors import ExclusionViolation
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -24,7 +30,7 @@ from sqlalchemy import (
     Row,
     String,
     Table,
-    exc,
+    bindparam,
     insert,
     select,
     tuple_,
@@ -38,10 +44,10 @@ from services.bookings.domain import (
     AppointmentChange,
     AppointmentNotFound,
     AppointmentStatus,
-    SlotTaken,
 )
-from services.shared.db import UTCDateTime
-from services.shared.errors import Aborted, Unavailable
+from services.shared import sql
+from services.shared.db import RunAgain, UTCDateTime
+from services.shared.errors import Aborted
 from services.shared.events import EventRecord
 from services.shared.schema import shared_tables
 from services.shared.uow import UnitOfWork
@@ -94,10 +100,6 @@ appointment_changes = Table(
 
 # The exclusion constraint's name (PostgreSQL only; created by the migration).
 NO_DOUBLE_BOOKING = "appointments_no_double_booking"
-_EXCLUSION_VIOLATION = "23P01"
-# Times a confirm tries again when the appointment that beat it to the slot
-# freed it before it could be named (cancelled or completed meanwhile).
-_SLOT_ATTEMPTS = 3
 
 
 class ConcurrentChange(Aborted):
@@ -106,15 +108,36 @@ class ConcurrentChange(Aborted):
     reason = "CONCURRENT_CHANGE"
 
 
-class SlotContended(Unavailable):
-    """Confirms of overlapping slots kept racing: transient, so a retry runs again."""
+class SlotRaced(RunAgain):
+    """The exclusion constraint refused a confirm whose check saw the slot free."""
 
-    reason = "SLOT_CONTENDED"
 
-    def __init__(self, appointment_id: str) -> None:
-        super().__init__(f"the slot of appointment {appointment_id!r} kept changing hands; "
-                         "retry with the same idempotency key", retry_after=0.1,
-                         metadata={"appointment_id": appointment_id})
+# The hot statements, built once (see services.shared.sql).
+_a = appointments.c
+INSERT_APPOINTMENT = insert(appointments)
+SELECT_APPOINTMENT = select(appointments).where(_a.appointment_id == bindparam("appointment_id"))
+SELECT_APPOINTMENT_FOR_UPDATE = SELECT_APPOINTMENT.with_for_update()
+SELECT_CONFIRMED_OVERLAPPING = (
+    select(appointments)
+    .where(
+        _a.agent_id == bindparam("agent_id"),
+        _a.status == bindparam("confirmed"),
+        _a.start_time < bindparam("end_time"),
+        _a.end_time > bindparam("start_time"),
+        _a.appointment_id != bindparam("appointment_id"),
+    )
+    .order_by(_a.start_time, _a.appointment_id)
+    .limit(bindparam("limit"))
+)
+UPDATE_APPOINTMENT = update(appointments).where(
+    _a.appointment_id == bindparam("b_appointment_id"), _a.version == bindparam("b_version")
+)
+INSERT_CHANGE = insert(appointment_changes)
+
+
+def _utc(value: datetime | None) -> Any:
+    """In UTC: rows read on the driver directly come in the session's time zone."""
+    return None if value is None else value.astimezone(UTC)
 
 
 def _appointment(row: Row[Any]) -> Appointment:
@@ -122,21 +145,21 @@ def _appointment(row: Row[Any]) -> Appointment:
         appointment_id=row.appointment_id,
         lead_id=row.lead_id,
         agent_id=row.agent_id,
-        start_time=row.start_time,
-        end_time=row.end_time,
+        start_time=_utc(row.start_time),
+        end_time=_utc(row.end_time),
         notes=row.notes,
         status=AppointmentStatus(row.status),
         version=row.version,
         created_by=row.created_by,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
         confirmed_by=row.confirmed_by,
-        confirmed_at=row.confirmed_at,
+        confirmed_at=_utc(row.confirmed_at),
         cancelled_by=row.cancelled_by,
-        cancelled_at=row.cancelled_at,
+        cancelled_at=_utc(row.cancelled_at),
         cancel_reason=row.cancel_reason,
         completed_by=row.completed_by,
-        completed_at=row.completed_at,
+        completed_at=_utc(row.completed_at),
     )
 
 
@@ -153,99 +176,68 @@ def _change(row: Row[Any]) -> AppointmentChange:
     )
 
 
-def _is_exclusion_violation(error: exc.IntegrityError) -> bool:
-    original = error.orig
-    return isinstance(original, psycopg.Error) and original.sqlstate == _EXCLUSION_VIOLATION
-
-
 class SqlAppointmentRepository:
     def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
         self.conn = conn
         self.postgres = postgres
         # Every appointment this unit of work loaded or added, for its events.
         self.seen: dict[str, Appointment] = {}
+        # PostgreSQL: writes held for the commit's round trip.
+        self.writes: list[tuple[sql.Statement, sql.Params]] = []
+
+    async def _write(self, statement: sql.Statement, params: sql.Params) -> int | None:
+        """Hold a write for the commit (PostgreSQL), or run it now (SQLite: the
+        rows it changed)."""
+        if self.postgres:
+            self.writes.append((statement, params))
+            return None
+        result = await self.conn.execute(statement, params)  # type: ignore[arg-type]
+        return int(result.rowcount)
 
     async def add(self, appointment: Appointment) -> None:
-        await self.conn.execute(insert(appointments).values(**self._row(appointment)))
+        await self._write(INSERT_APPOINTMENT, self._row(appointment))
         self.seen[appointment.appointment_id] = appointment
 
     async def get(self, appointment_id: str, *, for_update: bool = False) -> Appointment:
-        query = select(appointments).where(appointments.c.appointment_id == appointment_id)
-        if for_update and self.postgres:
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).first()
-        if row is None:
+        locking = for_update and self.postgres
+        query = SELECT_APPOINTMENT_FOR_UPDATE if locking else SELECT_APPOINTMENT
+        rows = await sql.fetch(self.conn, query, {"appointment_id": appointment_id})
+        if not rows:
             raise AppointmentNotFound(appointment_id)
-        found = self.seen[appointment_id] = _appointment(row)
+        found = self.seen[appointment_id] = _appointment(rows[0])
         return found
 
     async def confirmed_overlapping(self, appointment: Appointment) -> list[Appointment]:
         """The agent's confirmed appointments that overlap this one's slot, earliest first."""
-        a = appointments.c
-        query = (
-            select(appointments)
-            .where(
-                a.agent_id == appointment.agent_id,
-                a.status == AppointmentStatus.CONFIRMED.value,
-                a.start_time < appointment.end_time,
-                a.end_time > appointment.start_time,
-                a.appointment_id != appointment.appointment_id,
-            )
-            .order_by(a.start_time, a.appointment_id)
-            .limit(10)
-        )
-        return [_appointment(row) for row in await self.conn.execute(query)]
+        rows = await sql.fetch(self.conn, SELECT_CONFIRMED_OVERLAPPING, {
+            "agent_id": appointment.agent_id, "start_time": appointment.start_time,
+            "end_time": appointment.end_time, "appointment_id": appointment.appointment_id,
+            "confirmed": AppointmentStatus.CONFIRMED.value, "limit": 10,
+        })
+        return [_appointment(row) for row in rows]
 
     async def save(self, appointment: Appointment, change: AppointmentChange) -> None:
-        """Store a change of status and its audit record.
-
-        A confirm on PostgreSQL runs its update in a savepoint: if a concurrent
-        confirm took an overlapping slot first, the exclusion constraint refuses
-        it, the savepoint is rolled back, and the refusal names the winner.
-        """
-        if change.to_status is AppointmentStatus.CONFIRMED and self.postgres:
-            await self._confirm_in_savepoint(appointment, change)
-        else:
-            await self._update(appointment, change)
-        await self.conn.execute(
-            insert(appointment_changes).values(
-                appointment_id=change.appointment_id, from_status=change.from_status.value,
-                to_status=change.to_status.value, actor=change.actor,
-                changed_at=change.changed_at, idempotency_key=change.idempotency_key,
-                reason=change.reason, version=change.version,
-            )
-        )
-
-    async def _confirm_in_savepoint(self, appointment: Appointment,
-                                    change: AppointmentChange) -> None:
-        for _ in range(_SLOT_ATTEMPTS):
-            try:
-                async with self.conn.begin_nested():
-                    await self._update(appointment, change)
-                return
-            except exc.IntegrityError as error:
-                if not _is_exclusion_violation(error):
-                    raise
-            # The winner has committed (the constraint waited for it): name it.
-            winners = await self.confirmed_overlapping(appointment)
-            if winners:
-                raise SlotTaken(appointment, winners[0])
-        raise SlotContended(appointment.appointment_id)
-
-    async def _update(self, appointment: Appointment, change: AppointmentChange) -> None:
-        a = appointments.c
+        """Store a change of status and its audit record. The appointment was read
+        FOR UPDATE (SQLite: in the only write transaction), so its version cannot
+        have moved meanwhile; the version guard stays in the statement all the same.
+        On PostgreSQL a confirm over a slot that a racing confirm took first is
+        refused by the exclusion constraint at commit (see SqlBookingsUnitOfWork)."""
         row = self._row(appointment)
         del row["appointment_id"]
-        result = await self.conn.execute(
-            update(appointments)
-            .where(a.appointment_id == appointment.appointment_id,
-                   a.version == change.version - 1)
-            .values(**row)
-        )
-        if result.rowcount != 1:
+        changed = await self._write(UPDATE_APPOINTMENT, {
+            "b_appointment_id": appointment.appointment_id, "b_version": change.version - 1,
+            **row,
+        })
+        if changed is not None and changed != 1:
             raise ConcurrentChange(
                 f"appointment {appointment.appointment_id!r} changed while locked"
             )
+        await self._write(INSERT_CHANGE, {
+            "appointment_id": change.appointment_id, "from_status": change.from_status.value,
+            "to_status": change.to_status.value, "actor": change.actor,
+            "changed_at": change.changed_at, "idempotency_key": change.idempotency_key,
+            "reason": change.reason, "version": change.version,
+        })
 
     async def find(
         self,
@@ -327,3 +319,12 @@ class SqlBookingsUnitOfWork(UnitOfWork):
             for appointment in self.appointments.seen.values()
             for event in appointment.pull_events()
         ]
+
+    async def commit(self) -> None:
+        for statement, params in self.appointments.writes:
+            await self.write(statement, params)
+        self.appointments.writes.clear()
+        try:
+            await super().commit()
+        except ExclusionViolation as error:
+            raise SlotRaced("a racing confirm took the slot first") from error

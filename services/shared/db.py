@@ -146,8 +146,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+class RunAgain(Exception):
+    """The transaction lost a race that the database refereed; running it again,
+    from the start, decides it (`retrying` does)."""
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether running the transaction again may succeed."""
+    if isinstance(error, RunAgain):
+        return True
     if isinstance(error, exc.TimeoutError | ConnectionError | OSError):
         return True
     if isinstance(error, exc.DBAPIError):
