@@ -16,7 +16,7 @@ check sees the winner and the refusal names it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from psycopg.errors import ExclusionViolation
@@ -46,7 +46,7 @@ from services.bookings.domain import (
     AppointmentStatus,
 )
 from services.shared import sql
-from services.shared.db import RunAgain, UTCDateTime
+from services.shared.db import RunAgain, UTCDateTime, as_utc
 from services.shared.errors import Aborted
 from services.shared.events import EventRecord
 from services.shared.schema import shared_tables
@@ -135,31 +135,26 @@ UPDATE_APPOINTMENT = update(appointments).where(
 INSERT_CHANGE = insert(appointment_changes)
 
 
-def _utc(value: datetime | None) -> Any:
-    """In UTC: rows read on the driver directly come in the session's time zone."""
-    return None if value is None else value.astimezone(UTC)
-
-
 def _appointment(row: Row[Any]) -> Appointment:
     return Appointment(
         appointment_id=row.appointment_id,
         lead_id=row.lead_id,
         agent_id=row.agent_id,
-        start_time=_utc(row.start_time),
-        end_time=_utc(row.end_time),
+        start_time=as_utc(row.start_time),
+        end_time=as_utc(row.end_time),
         notes=row.notes,
         status=AppointmentStatus(row.status),
         version=row.version,
         created_by=row.created_by,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
         confirmed_by=row.confirmed_by,
-        confirmed_at=_utc(row.confirmed_at),
+        confirmed_at=as_utc(row.confirmed_at),
         cancelled_by=row.cancelled_by,
-        cancelled_at=_utc(row.cancelled_at),
+        cancelled_at=as_utc(row.cancelled_at),
         cancel_reason=row.cancel_reason,
         completed_by=row.completed_by,
-        completed_at=_utc(row.completed_at),
+        completed_at=as_utc(row.completed_at),
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     insert,
     select,
     tuple_,
@@ -34,7 +35,8 @@ from services.messaging.domain import (
     Recipient,
 )
 from services.messaging.segments import Encoding
-from services.shared.db import UTCDateTime
+from services.shared import sql
+from services.shared.db import UTCDateTime, as_utc
 from services.shared.errors import Aborted
 from services.shared.events import EventRecord
 from services.shared.schema import shared_tables
@@ -90,8 +92,8 @@ def _message(row: Row[Any]) -> Message:
         encoding=Encoding(row.encoding), status=MessageStatus(row.status),
         provider=row.provider, provider_message_id=row.provider_message_id or "",
         error_code=row.error_code, error_message=row.error_message,
-        handoff=Handoff(row.handoff), created_by=row.created_by, created_at=row.created_at,
-        updated_at=row.updated_at, version=row.version,
+        handoff=Handoff(row.handoff), created_by=row.created_by, created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at), version=row.version,
     )
 
 
@@ -109,38 +111,62 @@ def _columns(message: Message) -> dict[str, object]:
     }
 
 
+# The hot statements, built once (see services.shared.sql).
+INSERT_MESSAGE = insert(messages)
+SELECT_MESSAGE = select(messages).where(messages.c.message_id == bindparam("message_id"))
+SELECT_MESSAGE_FOR_UPDATE = SELECT_MESSAGE.with_for_update()
+SELECT_BY_PROVIDER_ID = select(messages).where(
+    messages.c.provider_message_id == bindparam("provider_message_id"))
+SELECT_BY_PROVIDER_ID_FOR_UPDATE = SELECT_BY_PROVIDER_ID.with_for_update()
+UPDATE_MESSAGE = update(messages).where(
+    messages.c.message_id == bindparam("b_message_id"),
+    messages.c.version == bindparam("b_version"),
+)
+SELECT_RECIPIENT = select(recipients).where(recipients.c.phone == bindparam("phone"))
+
+
 class SqlMessageRepository:
     def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
         self.conn = conn
         self.postgres = postgres
         self.seen: dict[str, Message] = {}
         self._loaded_versions: dict[str, int] = {}
+        # PostgreSQL: writes held for the commit's round trip. Every message
+        # saved was read FOR UPDATE first, so none can change meanwhile.
+        self.writes: list[tuple[sql.Statement, sql.Params]] = []
+
+    async def _write(self, statement: sql.Statement, params: sql.Params) -> int | None:
+        """Hold a write for the commit (PostgreSQL), or run it now (SQLite: the
+        rows it changed)."""
+        if self.postgres:
+            self.writes.append((statement, params))
+            return None
+        result = await self.conn.execute(statement, params)  # type: ignore[arg-type]
+        return int(result.rowcount)
 
     async def add(self, message: Message) -> None:
-        await self.conn.execute(
-            insert(messages).values(message_id=message.message_id, **_columns(message))
-        )
+        await self._write(INSERT_MESSAGE, {"message_id": message.message_id, **_columns(message)})
         self.seen[message.message_id] = message
         self._loaded_versions[message.message_id] = message.version
 
     async def get(self, message_id: str, *, for_update: bool = False) -> Message:
-        found = await self._one(messages.c.message_id == message_id, for_update)
+        query = SELECT_MESSAGE_FOR_UPDATE if for_update and self.postgres else SELECT_MESSAGE
+        found = await self._one(query, {"message_id": message_id})
         if found is None:
             raise MessageNotFound(message_id)
         return found
 
     async def by_provider_id(self, provider_message_id: str, *,
                              for_update: bool = False) -> Message | None:
-        return await self._one(messages.c.provider_message_id == provider_message_id, for_update)
+        locking = for_update and self.postgres
+        query = SELECT_BY_PROVIDER_ID_FOR_UPDATE if locking else SELECT_BY_PROVIDER_ID
+        return await self._one(query, {"provider_message_id": provider_message_id})
 
-    async def _one(self, condition: Any, for_update: bool) -> Message | None:
-        query = select(messages).where(condition)
-        if for_update and self.postgres:
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).first()
-        if row is None:
+    async def _one(self, query: sql.Statement, params: sql.Params) -> Message | None:
+        rows = await sql.fetch(self.conn, query, params)
+        if not rows:
             return None
-        message = _message(row)
+        message = _message(rows[0])
         self.seen[message.message_id] = message
         self._loaded_versions[message.message_id] = message.version
         return message
@@ -149,12 +175,9 @@ class SqlMessageRepository:
         loaded = self._loaded_versions[message.message_id]
         if message.version == loaded:
             return
-        result = await self.conn.execute(
-            update(messages)
-            .where(messages.c.message_id == message.message_id, messages.c.version == loaded)
-            .values(**_columns(message))
-        )
-        if result.rowcount != 1:
+        changed = await self._write(UPDATE_MESSAGE, {
+            "b_message_id": message.message_id, "b_version": loaded, **_columns(message)})
+        if changed is not None and changed != 1:
             raise ConcurrentChange(f"message {message.message_id!r} changed concurrently")
         self._loaded_versions[message.message_id] = message.version
 
@@ -195,12 +218,12 @@ class SqlRecipientRepository:
 
     async def get(self, phone: str, *, now: datetime) -> Recipient:
         """The number's consent; a number never heard from has not opted out."""
-        row = (await self.conn.execute(select(recipients).where(recipients.c.phone == phone))
-               ).first()
+        rows = await sql.fetch(self.conn, SELECT_RECIPIENT, {"phone": phone})
+        row = rows[0] if rows else None
         if row is None:
             recipient = Recipient(phone, opted_out=False, keyword="", changed_at=now)
         else:
-            recipient = Recipient(row.phone, row.opted_out, row.keyword, row.changed_at)
+            recipient = Recipient(row.phone, row.opted_out, row.keyword, as_utc(row.changed_at))
             self._stored.add(phone)
         self.seen[phone] = recipient
         return recipient
@@ -230,3 +253,9 @@ class SqlMessagingUnitOfWork(UnitOfWork):
         found += [convert.consent_record(e) for r in self.recipients.seen.values()
                   for e in r.pull_events()]
         return [*found, *self.records]
+
+    async def commit(self) -> None:
+        for statement, params in self.messages.writes:
+            await self.write(statement, params)
+        self.messages.writes.clear()
+        await super().commit()

@@ -65,6 +65,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime | None) -> Any:
+    """In UTC: rows read on the driver directly come in the session's time zone."""
+    return None if value is None else value.astimezone(UTC)
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = make_url(url)
