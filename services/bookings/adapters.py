@@ -172,25 +172,15 @@ def _change(row: Row[Any]) -> AppointmentChange:
 
 
 class SqlAppointmentRepository:
-    def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
-        self.conn = conn
-        self.postgres = postgres
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+        self.conn = uow.conn
+        self.postgres = uow.postgres
         # Every appointment this unit of work loaded or added, for its events.
         self.seen: dict[str, Appointment] = {}
-        # PostgreSQL: writes held for the commit's round trip.
-        self.writes: list[tuple[sql.Statement, sql.Params]] = []
-
-    async def _write(self, statement: sql.Statement, params: sql.Params) -> int | None:
-        """Hold a write for the commit (PostgreSQL), or run it now (SQLite: the
-        rows it changed)."""
-        if self.postgres:
-            self.writes.append((statement, params))
-            return None
-        result = await self.conn.execute(statement, params)  # type: ignore[arg-type]
-        return int(result.rowcount)
 
     async def add(self, appointment: Appointment) -> None:
-        await self._write(INSERT_APPOINTMENT, self._row(appointment))
+        await self.uow.write(INSERT_APPOINTMENT, self._row(appointment))
         self.seen[appointment.appointment_id] = appointment
 
     async def get(self, appointment_id: str, *, for_update: bool = False) -> Appointment:
@@ -219,7 +209,7 @@ class SqlAppointmentRepository:
         refused by the exclusion constraint at commit (see SqlBookingsUnitOfWork)."""
         row = self._row(appointment)
         del row["appointment_id"]
-        changed = await self._write(UPDATE_APPOINTMENT, {
+        changed = await self.uow.write(UPDATE_APPOINTMENT, {
             "b_appointment_id": appointment.appointment_id, "b_version": change.version - 1,
             **row,
         })
@@ -227,7 +217,7 @@ class SqlAppointmentRepository:
             raise ConcurrentChange(
                 f"appointment {appointment.appointment_id!r} changed while locked"
             )
-        await self._write(INSERT_CHANGE, {
+        await self.uow.write(INSERT_CHANGE, {
             "appointment_id": change.appointment_id, "from_status": change.from_status.value,
             "to_status": change.to_status.value, "actor": change.actor,
             "changed_at": change.changed_at, "idempotency_key": change.idempotency_key,
@@ -306,7 +296,7 @@ class SqlAppointmentRepository:
 class SqlBookingsUnitOfWork(UnitOfWork):
     def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
         super().__init__(conn, runtime)
-        self.appointments = SqlAppointmentRepository(conn, postgres=self.dialect == "postgresql")
+        self.appointments = SqlAppointmentRepository(self)
 
     def collect_events(self) -> list[EventRecord]:
         return [
@@ -316,9 +306,6 @@ class SqlBookingsUnitOfWork(UnitOfWork):
         ]
 
     async def commit(self) -> None:
-        for statement, params in self.appointments.writes:
-            await self.write(statement, params)
-        self.appointments.writes.clear()
         try:
             await super().commit()
         except ExclusionViolation as error:

@@ -126,26 +126,20 @@ SELECT_RECIPIENT = select(recipients).where(recipients.c.phone == bindparam("pho
 
 
 class SqlMessageRepository:
-    def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
-        self.conn = conn
-        self.postgres = postgres
+    """Writes go out with the unit of work's commit on PostgreSQL (see
+    UnitOfWork.write): every message saved was read FOR UPDATE first, so none
+    can change meanwhile."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+        self.conn = uow.conn
+        self.postgres = uow.postgres
         self.seen: dict[str, Message] = {}
         self._loaded_versions: dict[str, int] = {}
-        # PostgreSQL: writes held for the commit's round trip. Every message
-        # saved was read FOR UPDATE first, so none can change meanwhile.
-        self.writes: list[tuple[sql.Statement, sql.Params]] = []
-
-    async def _write(self, statement: sql.Statement, params: sql.Params) -> int | None:
-        """Hold a write for the commit (PostgreSQL), or run it now (SQLite: the
-        rows it changed)."""
-        if self.postgres:
-            self.writes.append((statement, params))
-            return None
-        result = await self.conn.execute(statement, params)  # type: ignore[arg-type]
-        return int(result.rowcount)
 
     async def add(self, message: Message) -> None:
-        await self._write(INSERT_MESSAGE, {"message_id": message.message_id, **_columns(message)})
+        await self.uow.write(INSERT_MESSAGE,
+                             {"message_id": message.message_id, **_columns(message)})
         self.seen[message.message_id] = message
         self._loaded_versions[message.message_id] = message.version
 
@@ -175,7 +169,7 @@ class SqlMessageRepository:
         loaded = self._loaded_versions[message.message_id]
         if message.version == loaded:
             return
-        changed = await self._write(UPDATE_MESSAGE, {
+        changed = await self.uow.write(UPDATE_MESSAGE, {
             "b_message_id": message.message_id, "b_version": loaded, **_columns(message)})
         if changed is not None and changed != 1:
             raise ConcurrentChange(f"message {message.message_id!r} changed concurrently")
@@ -242,8 +236,7 @@ class SqlRecipientRepository:
 class SqlMessagingUnitOfWork(UnitOfWork):
     def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
         super().__init__(conn, runtime)
-        postgres = self.dialect == "postgresql"
-        self.messages = SqlMessageRepository(conn, postgres=postgres)
+        self.messages = SqlMessageRepository(self)
         self.recipients = SqlRecipientRepository(conn)
         self.records: list[EventRecord] = []
 
@@ -254,8 +247,3 @@ class SqlMessagingUnitOfWork(UnitOfWork):
                   for e in r.pull_events()]
         return [*found, *self.records]
 
-    async def commit(self) -> None:
-        for statement, params in self.messages.writes:
-            await self.write(statement, params)
-        self.messages.writes.clear()
-        await super().commit()

@@ -32,16 +32,18 @@ class UnitOfWork:
         """The rows of one prebuilt statement, in this unit of work's transaction."""
         return await sql.fetch(self.conn, statement, params)
 
-    async def write(self, statement: sql.Statement, params: sql.Params) -> None:
+    async def write(self, statement: sql.Statement, params: sql.Params) -> int | None:
         """A write of this unit of work.
 
         On PostgreSQL it goes out with the commit, in the same round trip, so read
-        what you need before you write; on SQLite it runs now.
+        what you need before you write (None); on SQLite it runs now (the number of
+        rows it changed).
         """
         if self.postgres:
             self._writes.append((statement, params))
-        else:
-            await self.conn.execute(statement, params)  # type: ignore[arg-type]
+            return None
+        result = await self.conn.execute(statement, params)  # type: ignore[arg-type]
+        return int(result.rowcount)
 
     async def commit(self) -> None:
         """Commit the writes, the events and the outcome stored with them, or nothing.

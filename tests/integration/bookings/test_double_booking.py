@@ -143,7 +143,7 @@ class BlindRepository(SqlAppointmentRepository):
 class BlindUnitOfWork(SqlBookingsUnitOfWork):
     def __init__(self, conn: Any, runtime: Any) -> None:
         super().__init__(conn, runtime)
-        self.appointments = BlindRepository(conn, postgres=self.dialect == "postgresql")
+        self.appointments = BlindRepository(self)
 
 
 @pytest.fixture
