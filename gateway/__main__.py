@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
     except ConfigError as error:
         sys.exit(f"configuration error: {error}")
-    logs.configure("gateway", settings.log_level)
+    logs.configure("gateway", settings.log_level, settings.log_format)
     asyncio.run(_serve(settings, args.port, args.host))
 
 

@@ -3,8 +3,13 @@
 Built from the same parts as `services.shared.config`: a bad value stops the
 process at start with a message that names the variable.
 
-    CRM_API_TOKENS              `principal:token,…`: who may log in, and the token
-                                a session presents upstream (none)
+    CRM_API_TOKENS              `principal[@org][/role]:token,…`: who may log in,
+                                and the token a session presents upstream (none)
+    CRM_SERVICE_PRINCIPALS      principals that are services (role `service`), who
+                                may not log in (leads,bookings,messaging,gateway)
+    CRM_JWT_JWKS_FILE, CRM_JWT_HS256_SECRET, CRM_JWT_ISSUER, CRM_JWT_AUDIENCE
+                                accept JWTs, for API calls and to log in
+                                (services.shared.jwts; unset: static tokens only)
     CRM_LEADS_TARGET, CRM_BOOKINGS_TARGET, CRM_MESSAGING_TARGET
                                 the services (127.0.0.1:50051, :50052, :50053;
                                 `dns:///host:port` for replicas)
@@ -23,7 +28,22 @@ process at start with a message that names the variable.
     CRM_LEGACY_HISTORY_MAX      most messages /api/leads/{leadId}/sms-history gathers (1000)
     CRM_GATEWAY_STATIC_DIR      the web console's files (gateway/static)
     CRM_SHUTDOWN_GRACE_SECONDS  time for requests in flight on SIGTERM (10)
-    CRM_BIND_HOST, CRM_LOG_LEVEL   as for the services (127.0.0.1, INFO)
+    CRM_GATEWAY_IDLE_SECONDS    a connection's deadline to send a request head, from
+                                opening or its last response; idle ones close (15)
+    CRM_METRICS_PORT            serve GET /metrics on this port, not the public one (off)
+    CRM_SMS_MAX_SEGMENTS        as the messaging service reads it (1): how long a text
+                                /openapi.json says SendSms takes
+    CRM_SSE_MAX_STREAMS_PER_PRINCIPAL, CRM_SSE_MAX_STREAMS
+                                open /v1/events streams per principal, and in all (20, 1000)
+    CRM_SSE_BUFFER_BYTES        frames a /v1/events browser may leave unread before it is
+                                cut off (it resumes by Last-Event-ID) (262144: 256 KiB)
+    CRM_AUTH_FAILURES_MAX, CRM_AUTH_FAILURES_WINDOW_SECONDS
+                                failed logins and bearer authentications a client address
+                                may make in the window before it is refused 429 (10, 60)
+    GATEWAY_DATABASE_URL, CRM_DATABASE_URL, CRM_DATA_DIR
+                                where logged-out sessions are kept (gateway.ended_sessions):
+                                PostgreSQL for replicas (SQLite CRM_DATA_DIR/gateway.db)
+    CRM_BIND_HOST, CRM_LOG_LEVEL, CRM_LOG_FORMAT   as for the services (127.0.0.1, INFO, json)
 """
 
 from __future__ import annotations
@@ -35,17 +55,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from services.shared import logs
+from services.shared.auth import SERVICE_PRINCIPALS, Caller
 from services.shared.config import (
     ConfigError,
     Env,
+    accepted_tokens,
+    database_url,
     integer,
+    jwt_settings,
     log_level,
     number,
     own_token,
+    principals,
     readable_file,
     service_targets,
-    tokens,
 )
+from services.shared.jwts import JwtSettings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -76,8 +102,8 @@ def directory(raw: str) -> Path:
 class Settings:
     """Everything the gateway process reads from its environment."""
 
-    # {token: principal}, as services.shared.config reads CRM_API_TOKENS.
-    tokens: dict[str, str] = field(repr=False)
+    # {token: the Caller it stands for}, as services.shared.config reads CRM_API_TOKENS.
+    tokens: dict[str, Caller] = field(repr=False)
     targets: dict[str, str]
     session_secret: bytes = field(repr=False)
     service_token: str = field(repr=False, default="")
@@ -93,6 +119,19 @@ class Settings:
     shutdown_grace: float = 10.0
     bind_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    log_format: str = "json"
+    idle_seconds: float = 15.0
+    metrics_port: int | None = None
+    sse_max_per_principal: int = 20
+    sse_max_streams: int = 1000
+    sse_buffer_bytes: int = 256 * 1024
+    auth_failures_max: int = 10
+    auth_failures_window: float = 60.0
+    service_principals: frozenset[str] = frozenset(SERVICE_PRINCIPALS)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    # Where ended sessions are kept (gateway.ended_sessions); may hold a password.
+    database_url: str = field(default="sqlite+aiosqlite:///var/gateway.db", repr=False)
+    sms_max_segments: int = 1
 
     @property
     def secure_cookies(self) -> bool:
@@ -105,7 +144,8 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
-        accepted: dict[str, str] = env.get("CRM_API_TOKENS", tokens, {})
+        services = env.get("CRM_SERVICE_PRINCIPALS", principals, frozenset(SERVICE_PRINCIPALS))
+        accepted: dict[str, Caller] = env.get("CRM_API_TOKENS", accepted_tokens(services), {})
         twilio_token = env.str("TWILIO_AUTH_TOKEN")
         service_token = env.str("CRM_SERVICE_TOKEN") or own_token(accepted, "gateway")
         if twilio_token and not service_token:
@@ -134,10 +174,25 @@ class Settings:
             shutdown_grace=env.get("CRM_SHUTDOWN_GRACE_SECONDS", number(0, 300), 10.0),
             bind_host=env.str("CRM_BIND_HOST", "127.0.0.1"),
             log_level=env.get("CRM_LOG_LEVEL", log_level, "INFO"),
+            log_format=env.get("CRM_LOG_FORMAT", logs.log_format, "json"),
+            idle_seconds=env.get("CRM_GATEWAY_IDLE_SECONDS", number(0.05, 3600), 15.0),
+            metrics_port=env.get("CRM_METRICS_PORT", integer(0, 65535), None),
+            sse_max_per_principal=env.get("CRM_SSE_MAX_STREAMS_PER_PRINCIPAL",
+                                          integer(1, 100_000), 20),
+            sse_max_streams=env.get("CRM_SSE_MAX_STREAMS", integer(1, 1_000_000), 1000),
+            sse_buffer_bytes=env.get("CRM_SSE_BUFFER_BYTES", integer(4096, 64 * 1024 * 1024),
+                                     256 * 1024),
+            auth_failures_max=env.get("CRM_AUTH_FAILURES_MAX", integer(1, 1_000_000), 10),
+            auth_failures_window=env.get("CRM_AUTH_FAILURES_WINDOW_SECONDS",
+                                         number(0.05, 86400), 60.0),
+            service_principals=services,
+            jwt=jwt_settings(env),
+            database_url=database_url(env, "gateway"),
+            sms_max_segments=env.get("CRM_SMS_MAX_SEGMENTS", integer(1, 10), 1),
         )
 
 
-def derived_secret(accepted: Mapping[str, str]) -> bytes:
+def derived_secret(accepted: Mapping[str, Caller]) -> bytes:
     """A session secret every replica given the same CRM_API_TOKENS agrees on.
 
     Without tokens nobody can log in, so any secret will do.

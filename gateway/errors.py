@@ -13,6 +13,10 @@ The HTTP status, first by reason, then by code:
     IDEMPOTENCY_KEY_MISSING                   INVALID_ARGUMENT     400
     IDEMPOTENCY_KEY_REUSED                    INVALID_ARGUMENT     422
     IDEMPOTENCY_KEY_IN_USE                    ABORTED              409
+    ROLE_FORBIDS                              PERMISSION_DENIED    403   a viewer pressing a
+                                                                         button, a user calling a
+                                                                         service-only RPC, a service
+                                                                         signing in to the console
     BODY_TOO_LARGE (gateway)                  RESOURCE_EXHAUSTED   413
     METHOD_NOT_ALLOWED (gateway)              UNIMPLEMENTED        405
     UNSUPPORTED_MEDIA_TYPE (gateway)          INVALID_ARGUMENT     415
@@ -29,8 +33,8 @@ The HTTP status, first by reason, then by code:
     RESOURCE_EXHAUSTED                        429
     FAILED_PRECONDITION                       409   state conflicts: STATUS_UNCHANGED,
                                                     INVALID_STATUS_TRANSITION, ALREADY_CONFIRMED,
-                                                    SLOT_TAKEN, RECIPIENT_OPTED_OUT … (DESIGN.md;
-                                                    grpc-gateway says 400)
+                                                    SLOT_TAKEN, RECIPIENT_OPTED_OUT …
+                                                    (docs/design.md; grpc-gateway says 400)
     ABORTED                                   409   VERSION_MISMATCH
     OUT_OF_RANGE                              400
     UNIMPLEMENTED                             501
@@ -38,6 +42,8 @@ The HTTP status, first by reason, then by code:
     UNAVAILABLE                               503   + Retry-After from the RetryInfo, in whole
                                                     seconds rounded up (PROVIDER_CIRCUIT_OPEN;
                                                     an upstream that does not answer: 1 s)
+    RESOURCE_EXHAUSTED with a RetryInfo       429   + Retry-After, as for 503 (TOO_MANY_STREAMS,
+                                                    TOO_MANY_FAILED_AUTHENTICATIONS)
     DATA_LOSS                                 500
     UNAUTHENTICATED                           401   + WWW-Authenticate: Bearer
 
@@ -47,6 +53,7 @@ The legacy API (`gateway.legacy`) answers the same HTTP statuses with its own bo
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,16 +65,20 @@ from google.protobuf import any_pb2, duration_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.shared.status import error_info
+from services.shared.errors import DomainError
+from services.shared.status import error_info, to_status
 
 DOMAIN = "gateway"
+log = logging.getLogger("crm.gateway")
 
 _BY_REASON: dict[str, int] = {
     "IDEMPOTENCY_KEY_MISSING": 400,
     "IDEMPOTENCY_KEY_REUSED": 422,
     "IDEMPOTENCY_KEY_IN_USE": 409,
+    "ROLE_FORBIDS": 403,
 }
 _BY_GATEWAY_REASON: dict[str, int] = {
+    "ROLE_FORBIDS": 403,
     "BODY_TOO_LARGE": 413,
     "METHOD_NOT_ALLOWED": 405,
     "UNSUPPORTED_MEDIA_TYPE": 415,
@@ -169,7 +180,7 @@ def refusal(status: status_pb2.Status, headers: Mapping[str, str] | None = None)
     """Decide the HTTP status and headers of a google.rpc.Status."""
     answer = http_status(status)
     extra = dict(headers or {})
-    if answer == 503 and (wait := retry_after(status)) is not None:
+    if answer in (429, 503) and (wait := retry_after(status)) is not None:
         extra["Retry-After"] = str(wait)
     if answer == 401:
         extra.setdefault("WWW-Authenticate", 'Bearer realm="closed-loop"')
@@ -209,22 +220,41 @@ class GatewayError(Refused):
                    violations=[(field, description)])
 
 
+_BARE_MESSAGES: dict[int, str] = {
+    code_pb2.UNAVAILABLE: "the {service} service is unavailable; try again shortly",
+    code_pb2.DEADLINE_EXCEEDED: "the {service} service did not answer in time",
+}
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> Refusal:
-    """The upstream's own google.rpc.Status, or one made from its bare code."""
+    """The upstream's own google.rpc.Status, or one made from its bare code.
+
+    A bare code comes from gRPC itself (the service could not be reached, a
+    deadline passed): its details speak of addresses and transports, so they go
+    to the log and the caller hears the service's name and what happened.
+    """
     try:
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
     except ValueError:
         status = None
     if status is None:
         code = error.code().value[0]
+        log.warning("%s answered %s: %s", service, error.code().name, error.details(),
+                    extra={"service": service, "code": error.code().name})
+        message = _BARE_MESSAGES.get(code, "the {service} service answered {code}")
         status = make_status(
             code,
             _BARE_REASONS.get(code, code_pb2.Code.Name(code)),
-            error.details() or f"{service} answered {error.code().name}",
+            message.format(service=service, code=error.code().name),
             metadata={"service": service},
             retry_after=UPSTREAM_RETRY_SECONDS if code == code_pb2.UNAVAILABLE else None,
         )
     return refusal(status)
+
+
+def from_domain_error(error: DomainError) -> Refusal:
+    """A refusal the gateway made with the services' own domain errors (their limits)."""
+    return refusal(to_status(error, DOMAIN))
 
 
 def from_http_exception(error: web.HTTPException, max_body: int) -> Refusal:

@@ -7,7 +7,9 @@ well-known types (`Timestamp` as RFC 3339, `Duration` as "1.5s", wrappers as
 their value) written as grpc-gateway reads them. A field the message does not
 have is refused — in the body and, unlike grpc-gateway, in the query too (a
 misspelt filter must not silently list everything) — as is a value of the wrong
-type or shape: 400 with a BadRequest naming the field.
+type or shape: 400 with a BadRequest naming the field and saying, in words, what
+it expects (never the parser's own message). Integers are ASCII digits, in the
+field's range, whether written as JSON numbers, strings or query values.
 
 Writing: protobuf's `json_format`, lowerCamelCase, enums by name, int64 as
 strings, and every field even when unset — an unset message as `null`, as
@@ -31,7 +33,20 @@ from gateway.errors import GatewayError
 
 Problems = list[tuple[str, str]]
 
-_INTEGER = re.compile(r"^[-+]?\d+$")
+# ASCII digits only (`\d` would take "٣"), and few enough to convert cheaply.
+_INTEGER = re.compile(r"[-+]?[0-9]{1,20}")
+_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
@@ -40,8 +55,9 @@ def parse(data: dict[str, Any], message: Message) -> Message:
     """`data` (JSON, either spelling of names) into `message`; ParseError → 400."""
     try:
         json_format.ParseDict(data, message)
-    except json_format.ParseError as error:
-        raise _parse_error(str(error)) from None
+    except (json_format.ParseError, RecursionError) as error:
+        descriptor: Any = message.DESCRIPTOR
+        raise _parse_error(str(error), descriptor) from None
     return message
 
 
@@ -79,7 +95,49 @@ def check_value(field: FieldDescriptor, value: Any, path: str) -> Problems:
         return found
     if contracts.is_plain_message(field):
         return _check_message(field, value, path)
+    if field.type in _RANGES and not _integer_in_range(field, value):
+        return [(path, expected(field))]
     return []
+
+
+def _integer_in_range(field: FieldDescriptor, value: Any) -> bool:
+    """An integer field's JSON value: a number or a string of ASCII digits, in range."""
+    if isinstance(value, str):
+        if not _INTEGER.fullmatch(value):
+            return False
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    low, high = _RANGES[field.type]
+    return low <= value <= high and value == int(value)
+
+
+def expected(field: FieldDescriptor) -> str:
+    """What a field takes, in words."""
+    if field.is_repeated and not contracts.is_map(field):
+        return "expected an array"
+    if contracts.is_message(field):
+        name = contracts.type_name(field)
+        if name == "google.protobuf.Timestamp":
+            return "expected an RFC 3339 time with its offset, such as 2026-05-01T09:00:00Z"
+        if name == "google.protobuf.Duration":
+            return 'expected a duration in seconds, such as "1.5s"'
+        value = contracts.message_of(field).fields_by_name.get("value")
+        if name in contracts.SCALAR_LIKE and value is not None:
+            return expected(value)
+        return "expected an object"
+    if field.type in _RANGES:
+        low, high = _RANGES[field.type]
+        return f"expected an integer from {low} to {high}"
+    if field.type in contracts.FLOAT_TYPES:
+        return "expected a number"
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return "expected true or false"
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return f"expected one of {', '.join(v.name for v in contracts.enum_of(field).values)}"
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return "expected base64"
+    return "expected a string"
 
 
 def _check_message(field: FieldDescriptor, value: Any, path: str) -> Problems:
@@ -135,9 +193,9 @@ def query_value(field: FieldDescriptor, raw: str) -> Any:
     kind = field.type
     if kind == FieldDescriptor.TYPE_BOOL:
         return _boolean(raw)
-    if kind in contracts.INT32_TYPES | contracts.INT64_TYPES:
-        if not _INTEGER.match(raw):
-            raise ValueError("expected an integer")
+    if kind in _RANGES:
+        if not _INTEGER.fullmatch(raw) or not _integer_in_range(field, raw):
+            raise ValueError(expected(field))
         return int(raw)
     if kind in contracts.FLOAT_TYPES:
         return _number(raw)
@@ -164,7 +222,7 @@ def _number(raw: str) -> float | str:
 
 
 def _enum(field: FieldDescriptor, raw: str) -> int | str:
-    if _INTEGER.match(raw):
+    if _INTEGER.fullmatch(raw):
         return int(raw)
     enum = contracts.enum_of(field)
     if raw not in enum.values_by_name:
@@ -231,16 +289,23 @@ def merge(into: dict[str, Any], more: Mapping[str, Any]) -> None:
 
 
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+_AT = re.compile(r" at (\w+)((?:\.\w+|\[\d+\])+)\.?$")
 
 
-def _parse_error(text: str) -> GatewayError:
-    """json_format's ParseError as a BadRequest naming the field."""
-    path = ".".join(_FAILED_FIELD.findall(text))
-    description = _FAILED_FIELD.sub("", text).rstrip(".")
-    description = re.sub(r" at [\w.\[\]]+$", "", description).rstrip(".") or "invalid value"
-    if not path:
-        return GatewayError(code_pb2.INVALID_ARGUMENT, "INVALID_FIELD", description)
-    return GatewayError.bad_field(path, description, reason="INVALID_FIELD")
+def _parse_error(text: str, descriptor: Descriptor) -> GatewayError:
+    """json_format's ParseError as a BadRequest naming the field and what it expects.
+
+    Its own words (Python's, often: "time data … does not match format …") are not
+    passed on; only the field it names is.
+    """
+    names = _FAILED_FIELD.findall(text)
+    if not names and (at := _AT.search(text)):
+        names = [n for n in re.split(r"[.\[\]]+", at.group(2)) if n and not n.isdigit()]
+    field = resolve(descriptor, names) if names else None
+    if field is None:
+        return GatewayError(code_pb2.INVALID_ARGUMENT, "INVALID_FIELD",
+                            "a field has a value of the wrong type or shape")
+    return GatewayError.bad_field(".".join(names), expected(field), reason="INVALID_FIELD")
 
 
 def raise_if_any(problems: Problems, reason: str) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway, served at GET /metrics."""
+"""Prometheus metrics of the gateway, served at GET /metrics on CRM_METRICS_PORT."""
 
 from __future__ import annotations
 
@@ -15,3 +15,7 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 SSE_STREAMS = Gauge("crm_gateway_sse_streams", "Open /v1/events streams.")
+SSE_UPSTREAMS = Gauge("crm_gateway_sse_upstream_streams",
+                      "Shared upstream Subscribe streams behind /v1/events (per service per org).")
+SSE_CUT_OFF = Counter("crm_gateway_sse_cut_off_total",
+                      "/v1/events streams cut off because the browser did not read.")

@@ -279,7 +279,7 @@ class Transcoder:
         return handle
 
     async def serve(self, binding: Binding, request: web.Request) -> web.Response:
-        caller = self.sessions.caller(request)
+        caller = await self.sessions.caller(request)
         body = await read_body(request) if binding.body else b""
         message = request_from(binding, request.match_info, request.query, body)
         answer = await self.upstreams.call(

@@ -16,6 +16,11 @@ RequestValidator); with TWILIO_AUTH_TOKEN unset every webhook is refused.
 Nothing refused is forwarded. Cookies and Authorization headers are ignored:
 the gateway forwards with its own service token.
 
+Orgs: a status callback is recorded in the org its URL names (`org`, put
+there by the messaging service; the signature covers it), forwarded in
+`x-crm-org`; an incoming text belongs to the org owning the number it was
+sent to, which the messaging service knows (CRM_SMS_FROM_NUMBERS).
+
 Twilio retries a webhook it got no answer to, so each is forwarded with an
 idempotency key: Twilio's `I-Twilio-Idempotency-Token` when it sends one, else
 a digest of the path and the sorted form parameters. A messaging outage is 503,
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 
 from aiohttp import web
 from crm.messaging.v1 import messaging_pb2
@@ -39,6 +45,8 @@ from gateway.bodies import read_form
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.upstream import REQUEST_ID, Upstreams
+from services.shared.auth import ORG_METADATA
+from services.shared.orgs import is_org
 
 log = logging.getLogger("crm.gateway.webhooks")
 
@@ -57,12 +65,24 @@ def idempotency_key(path: str, form: MultiDict[str], token: str | None) -> str:
     return f"twilio-sha256:{digest.hexdigest()}"
 
 
+def _org_of(request: web.Request) -> str | None:
+    """The org a status callback's URL names (a callback of before orgs names none:
+    `default`'s); one that is no org's name is refused."""
+    org = request.query.get("org")
+    if org is None:
+        return None
+    if not is_org(org):
+        raise GatewayError(code_pb2.INVALID_ARGUMENT, "INVALID_ORG",
+                           "the callback URL's `org` is not an org's name")
+    return org
+
+
 def _error_code(form: MultiDict[str]) -> int:
     raw = form.get("ErrorCode", "").strip()
     if not raw:
         return 0
-    if not raw.isdigit() or len(raw) > 9:
-        raise GatewayError.bad_field("ErrorCode", "must be a whole number")
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
+        raise GatewayError.bad_field("ErrorCode", "must be a whole number of up to 9 digits")
     return int(raw)
 
 
@@ -91,16 +111,15 @@ class TwilioWebhooks:
                                 # callback URL, so a callback that beats its
                                 # commit still finds the message.
                                 message_id=request.query.get("message_id", ""),
-                            ))
+                            ), org=_org_of(request))
         return web.Response(status=204)
 
     async def inbound(self, request: web.Request) -> web.Response:
         form = await self._verified(request)
         received = messaging_pb2.ReceiveInboundMessageRequest(
-            to=form.get("To", ""), body=form.get("Body", ""),
+            from_number=form.get("From", ""), to=form.get("To", ""), body=form.get("Body", ""),
             provider_message_id=form.get("MessageSid", ""),
         )
-        setattr(received, "from", form.get("From", ""))  # `from` is a Python keyword
         await self._forward(request, form, "ReceiveInboundMessage", received)
         return web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
@@ -121,12 +140,14 @@ class TwilioWebhooks:
         return form
 
     async def _forward(self, request: web.Request, form: MultiDict[str], rpc: str,
-                       message: Message) -> None:
+                       message: Message, *, org: str | None = None) -> None:
         key = idempotency_key(request.path, form, request.headers.get(TWILIO_IDEMPOTENCY))
         metadata = [
             ("authorization", f"Bearer {self.settings.service_token}"),
             ("idempotency-key", key),
             ("x-request-id", request[REQUEST_ID]),
         ]
+        if org is not None:
+            metadata.append((ORG_METADATA, org))
         method = contracts.SERVICES["messaging"].methods_by_name[rpc]
         await self.upstreams.call("messaging", method, message, metadata)

@@ -3,11 +3,17 @@
 Tests that touch storage take `database_url`, which runs them once on SQLite
 and once on PostgreSQL (a fresh database each time). With CI=true PostgreSQL
 must answer; elsewhere its runs are skipped, with the reason, when it does not.
+
+No value of a secret may appear in a log line (tests.support.leaks): after
+every test, and once more at the end of the session, the logs of the server
+processes started so far and every log record of the in-process servers are
+searched for the secrets they were configured with; a find fails the test.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,8 +22,9 @@ import grpc
 import pytest
 
 from services.shared.clients import open_channel
-from tests.support import databases
-from tests.support.servers import TOKENS
+from services.shared.logs import JsonFormatter
+from tests.support import databases, leaks, postgres_cluster
+from tests.support.servers import PROCESSES, TOKENS
 
 
 @functools.cache
@@ -75,6 +82,18 @@ def postgres_url() -> str:
 
 
 @pytest.fixture
+def private_cluster() -> Iterator[postgres_cluster.PrivateCluster]:
+    """A PostgreSQL cluster of the test's own on 127.0.0.1, to stop and start at will."""
+    if not postgres_cluster.available():
+        if databases.REQUIRED:
+            pytest.fail("CI=true but the PostgreSQL 15 binaries (initdb, pg_ctl) are missing")
+        pytest.skip("PostgreSQL 15 binaries not found")
+    cluster = postgres_cluster.PrivateCluster().create()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
 def unique() -> Callable[[str], str]:
     """Unique names, so tests never depend on each other's data."""
     return lambda prefix="": f"{prefix}{uuid.uuid4().hex[:12]}"
@@ -101,3 +120,54 @@ async def channel_for() -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
     yield open_as
     for channel in opened:
         await channel.close()
+
+
+# -- no secret in any log line --------------------------------------------------------
+
+
+class _LeakWatch(logging.Handler):
+    """Every log record of the in-process servers, as it would be written, searched."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(JsonFormatter("test"))
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a record that cannot be formatted is not ours to judge
+            return
+        for where in leaks.found_in(line, leaks.WATCHED):
+            self.found.append(f"a {record.name} log record holds the value of {where}")
+
+
+def _leaks(watch: _LeakWatch) -> list[str]:
+    found = watch.found[:]
+    watch.found.clear()
+    for process in PROCESSES:
+        pid = process.process.pid if process.process else "-"
+        found += [f"the log of {process.name} (pid {pid}) holds the value of {where}"
+                  for where in process.leaks()]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leak_watch() -> Iterator[_LeakWatch]:
+    watch = _LeakWatch()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(watch)
+    root.setLevel(min(level, logging.INFO))
+    yield watch
+    found = _leaks(watch)  # what was logged after the last test: shutdowns
+    root.removeHandler(watch)
+    root.setLevel(level)
+    assert not found, "a secret was logged: " + "; ".join(found)
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_logged(_leak_watch: _LeakWatch) -> Iterator[None]:
+    yield
+    found = _leaks(_leak_watch)
+    assert not found, "a secret was logged: " + "; ".join(found)

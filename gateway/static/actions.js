@@ -3,12 +3,14 @@
 // reconciled with the answer here and with the event stream (app.js).
 
 import { get, segment, url } from "./api.js";
-import { LEAD_LABELS } from "./pipeline.js";
+import { CANCELLED, COMPLETED, CONFIRMED, LEAD_LABELS } from "./pipeline.js";
 import * as queue from "./queue.js";
+import * as stranded from "./stranded.js";
 import {
-  changed, mergeAppointment, mergeLead, mergeMessage, mergeProvider, setOutcome, state,
+  changed, dropTemplate, leadName, mergeAppointment, mergeLead, mergeMessage, mergeProvider, mergeTemplate,
+  setOutcome, state,
 } from "./store.js";
-import { words } from "./format.js";
+import { digits, words } from "./format.js";
 
 // A press says "move the lead I see at version N": if someone else changed it
 // meanwhile, the server refuses it (VERSION_MISMATCH) rather than override them.
@@ -23,8 +25,10 @@ function expectedVersion(lead) {
   return ahead ? undefined : String(lead.version);
 }
 
-export function moveLead(lead, status) {
+/** `key`: the flow's own key for this step (flow.js), so an interrupted step resumes. */
+export function moveLead(lead, status, key = undefined) {
   return queue.press({
+    key,
     control: `lead:${lead.leadId}`,
     label: `Move ${lead.name} to ${LEAD_LABELS[status]}`,
     intent: { kind: "lead.status", leadId: lead.leadId, status },
@@ -45,9 +49,27 @@ export function moveLeads(leadIds, status) {
   });
 }
 
+/**
+ * The leads that already have this number, however it is written: the leads
+ * service reads `phone` as it reads a new lead's (ListLeads' `phone` filter).
+ * Offline, or for a number it refuses, the leads this screen knows.
+ */
+export async function leadsWithPhone(phone) {
+  try {
+    const answer = await get(url("/v1/leads", { phone, pageSize: 5 }));
+    return answer.leads ?? [];
+  } catch (error) {
+    if (error?.reason === "INVALID_ARGUMENT" || error?.fieldViolations?.length) return [];
+    const wanted = digits(phone);
+    if (wanted.length < 7) return [];
+    return [...state.leads.values()].filter((lead) => digits(lead.phone).endsWith(wanted.replace(/^0/, "")));
+  }
+}
+
 export function createLead(lead) {
   return queue.press({
     control: "create-lead",
+    repeatable: true,
     label: `Create lead ${lead.name}`,
     intent: { kind: "lead.create", lead },
     method: "POST",
@@ -59,6 +81,7 @@ export function createLead(lead) {
 export function bookAppointment(appointment, leadName) {
   return queue.press({
     control: `book:${appointment.leadId}`,
+    repeatable: true,
     label: `Book ${leadName} with ${appointment.agentId}`,
     intent: { kind: "appointment.create", appointment },
     method: "POST",
@@ -67,7 +90,7 @@ export function bookAppointment(appointment, leadName) {
   });
 }
 
-const APPOINTMENT_VERBS = { CONFIRMED: "confirm", CANCELLED: "cancel", COMPLETED: "complete" };
+const APPOINTMENT_VERBS = { [CONFIRMED]: "confirm", [CANCELLED]: "cancel", [COMPLETED]: "complete" };
 
 export function moveAppointment(appointment, status, leadName, reason = "") {
   const verb = APPOINTMENT_VERBS[status];
@@ -80,7 +103,7 @@ export function moveAppointment(appointment, status, leadName, reason = "") {
     },
     method: "POST",
     path: `/v1/appointments/${segment(appointment.appointmentId)}:${verb}`,
-    body: status === "CANCELLED" ? { reason } : {},
+    body: status === CANCELLED ? { reason } : {},
   });
 }
 
@@ -88,6 +111,7 @@ export function moveAppointment(appointment, status, leadName, reason = "") {
 export function sendText(leadId, body, leadName, key = undefined) {
   return queue.press({
     key,
+    repeatable: true,
     control: `sms:${leadId}`,
     label: `Text ${leadName}`,
     intent: { kind: "message.send", leadId, body },
@@ -97,18 +121,97 @@ export function sendText(leadId, body, leadName, key = undefined) {
   });
 }
 
+/** Create (no templateId) or change a message template. */
+export function saveTemplate({ templateId = "", name, body }) {
+  return queue.press({
+    control: "template",
+    repeatable: true,
+    label: `Save template “${name}”`,
+    intent: { kind: "template.save", templateId, name, body },
+    method: "POST",
+    path: "/v1/messageTemplates",
+    body: { templateId, name, body },
+  });
+}
+
+export function deleteTemplate(template) {
+  return queue.press({
+    control: "template",
+    label: `Delete template “${template.name}”`,
+    intent: { kind: "template.delete", templateId: template.templateId },
+    method: "POST",
+    path: `/v1/messageTemplates/${segment(template.templateId)}:delete`,
+    body: {},
+  });
+}
+
+export async function loadTemplates() {
+  try {
+    const answer = await get(url("/v1/messageTemplates", { pageSize: 200 }));
+    for (const template of answer.templates ?? []) mergeTemplate(template);
+    state.templates.loaded = true;
+    state.templates.error = null;
+  } catch (error) {
+    state.templates.error = error;
+  }
+  changed();
+}
+
 // -- answers ----------------------------------------------------------------------
 
 /** Every tab hears every answer: keep what it says, then fetch what it refused. */
-export function settle(outcome) {
+export async function settle(outcome) {
   const intent = outcome.intent ?? {};
+  if (intent.kind === "message.send") {
+    if (!outcome.ok && outcome.error?.reason === "PROVIDER_CIRCUIT_OPEN") {
+      stranded.remember({ key: outcome.key, leadId: intent.leadId, body: intent.body, pressedAt: outcome.at });
+    } else {
+      stranded.settled(outcome.key);
+    }
+  }
   if (outcome.ok) {
     applyAnswer(intent, outcome.data);
-  } else {
-    learnFrom(outcome.error);
-    reconcile(intent, outcome.error);
+    setOutcome(outcome.control, outcome);
+    return outcome;
   }
-  setOutcome(outcome.control, outcome);
+  learnFrom(outcome.error);
+  let settled = alreadyDone(intent, outcome.error) ? asDone(outcome) : outcome;
+  setOutcome(outcome.control, settled);
+  await reconcile(intent, outcome.error);
+  // Refused, yet the lead or appointment now stands where the press wanted it:
+  // someone (or this very press, sent twice) already did it.
+  if (!settled.ok && standsAsWanted(intent, outcome.error)) {
+    settled = asDone(outcome);
+    setOutcome(outcome.control, settled);
+  }
+  return settled;
+}
+
+function standsAsWanted(intent, error) {
+  if (intent.kind === "lead.status") {
+    return error?.reason === "VERSION_MISMATCH" && state.leads.get(intent.leadId)?.status === intent.status;
+  }
+  if (intent.kind === "appointment.status") {
+    return state.appointments.get(intent.appointmentId)?.status === intent.status;
+  }
+  return false;
+}
+
+// Refusals that only say "this already happened": the press got what it wanted.
+const ALREADY = {
+  "lead.status": new Set(["STATUS_UNCHANGED"]),
+  "appointment.status": new Set(["ALREADY_CONFIRMED", "ALREADY_CANCELLED"]),
+};
+const ALREADY_STATUS = { ALREADY_CONFIRMED: CONFIRMED, ALREADY_CANCELLED: CANCELLED };
+
+export function alreadyDone(intent, error) {
+  const reason = error?.reason;
+  if (!ALREADY[intent.kind]?.has(reason)) return false;
+  return intent.kind !== "appointment.status" || ALREADY_STATUS[reason] === intent.status;
+}
+
+function asDone(outcome) {
+  return { ...outcome, ok: true, already: true, data: null, refusal: outcome.error, error: undefined };
 }
 
 function applyAnswer(intent, data) {
@@ -124,6 +227,12 @@ function applyAnswer(intent, data) {
     case "appointment.status":
       mergeAppointment(data);
       break;
+    case "template.save":
+      mergeTemplate(data);
+      break;
+    case "template.delete":
+      dropTemplate(intent.templateId);
+      break;
     case "message.send":
       mergeMessage(data);
       if (Number(data?.segments) > state.maxSegments) state.maxSegments = Number(data.segments);
@@ -134,15 +243,22 @@ function applyAnswer(intent, data) {
 }
 
 /**
- * The key to send `body` to `leadId` with again, if the last attempt at exactly
- * this text was refused for a transient reason (the provider's breaker was
- * open): the service recorded that message, and its key makes the retry take
- * it over instead of recording, or texting, a second one.
+ * The key to send `body` to `leadId` with again, if an attempt at exactly this
+ * text never reached the provider (its breaker was open): the service recorded
+ * that message, and its key makes the retry take it over instead of recording,
+ * or texting, a second one. Kept across reloads (stranded.js).
  */
 export function retryKey(leadId, body) {
+  const kept = stranded.keyFor(leadId, body);
+  if (kept) return kept;
   const last = state.outcomes.get(`sms:${leadId}`);
   const transient = last && !last.ok && last.error?.httpStatus === 503;
   return transient && last.intent?.body === body ? last.key : undefined;
+}
+
+/** Send every text the breaker stranded, each with its own key: each goes out once. */
+export function sendStranded() {
+  return Promise.all(stranded.waiting().map((entry) => sendText(entry.leadId, entry.body, leadName(entry.leadId), entry.key)));
 }
 
 function learnFrom(error) {

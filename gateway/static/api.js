@@ -2,11 +2,12 @@
 // refusals read from their google.rpc.Status bodies.
 //
 //   request() resolves {data, replayed, httpStatus} or throws
-//     NetworkError  the request may or may not have reached the server
+//     NetworkError  the request may or may not have reached the server (or no answer in 20 s)
 //     ApiError      the server answered with a refusal (reason, message, details)
 
 let session = null;
 let onSignedOut = () => {};
+const REQUEST_TIMEOUT_MS = 20000;
 
 export class NetworkError extends Error {
   constructor(cause) {
@@ -83,6 +84,9 @@ async function raw(method, path, { body, key, csrf = true } = {}) {
     response = await fetch(path, {
       method, headers, credentials: "same-origin", cache: "no-store",
       body: body === undefined ? undefined : JSON.stringify(body),
+      // An answer that never comes is a lost connection: the press is sent again
+      // with its key (the gateway's own deadline upstream is shorter).
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
     text = await response.text();
   } catch (error) {
@@ -150,7 +154,7 @@ export async function logout() {
   }
 }
 
-/** "/v1/leads" + {status: "NEW", pageSize: 100} → "/v1/leads?status=NEW&pageSize=100" */
+/** "/v1/leads" + {status: "LEAD_STATUS_NEW", pageSize: 100} → "/v1/leads?status=LEAD_STATUS_NEW&pageSize=100" */
 export function url(path, query = {}) {
   const params = new URLSearchParams();
   for (const [name, value] of Object.entries(query)) {

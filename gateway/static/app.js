@@ -5,9 +5,14 @@ import * as actions from "./actions.js";
 import * as api from "./api.js";
 import { $ } from "./dom.js";
 import { follow } from "./events.js";
+import * as flow from "./flow.js";
+import * as offline from "./offline.js";
 import * as queue from "./queue.js";
+import * as stranded from "./stranded.js";
+import * as templates from "./views/templates.js";
 import {
-  changed, mergeAppointment, mergeChange, mergeLead, mergeMessage, mergeProvider, state, subscribe,
+  changed, dropTemplate, mergeAppointment, mergeChange, mergeLead, mergeMessage, mergeProvider, mergeTemplate,
+  state, subscribe,
 } from "./store.js";
 import { defaultAgent, renderAppointments, setupAppointments } from "./views/appointments.js";
 import { addToFeed, renderFeed, setupFeed } from "./views/feed.js";
@@ -20,6 +25,7 @@ import { providerView, renderTopbar } from "./views/topbar.js";
 
 let stream = null;
 let queueStarted = false;
+const RESUME_EVERY_MS = 5000;
 
 function render() {
   renderTopbar();
@@ -29,7 +35,9 @@ function render() {
     renderAppointments(lead);
     renderSms(lead);
   }
+  templates.renderTemplates();
   renderFeed();
+  offline.keepSnapshot();
 }
 
 // Countdowns ("open until", "retry in N s") and fading success notes need a clock.
@@ -49,6 +57,8 @@ function onEvent(type, event) {
   if (event.appointment) mergeAppointment(event.appointment);
   if (event.message) mergeMessage(event.message);
   if (event.provider) mergeProvider(event.provider);
+  if (type === "template.saved") mergeTemplate(event.template);
+  if (type === "template.deleted") dropTemplate(event.template?.templateId);
   if (event.leadId && !state.leads.has(event.leadId)) fetchLead(event.leadId);
   addToFeed(type, event);
 }
@@ -86,7 +96,7 @@ function startStream() {
     closed: async () => {
       try {
         if (!(await api.loadSession())) {
-          signedOut("Your session has ended. Sign in again; presses not yet sent are kept.");
+          signedOut("Your session has ended. Sign in again; changes not yet sent are kept.");
           return false;
         }
       } catch {
@@ -103,12 +113,14 @@ function formOf(control) {
   if (control === "create-lead") return $("#lead-form");
   if (control === `book:${state.selectedId}`) return $("#appointment-form");
   if (control === `sms:${state.selectedId}`) return $("#sms-form");
+  if (control === "template") return $("#template-form");
   return null;
 }
 
 function onOutcome(outcome) {
   if (outcome.error) outcome.error.receivedAt = outcome.at;
   actions.settle(outcome);
+  flow.onOutcome(outcome);
   const form = formOf(outcome.control);
   if (form) showFieldErrors(form, outcome.ok ? null : outcome.error);
   if (outcome.remote) return;
@@ -118,7 +130,10 @@ function onOutcome(outcome) {
     else restore($("#lead-form"), intent.lead);
   }
   if (outcome.control === "bulk" && outcome.ok) state.checked.clear();
-  if (intent.kind === "message.send" && !outcome.ok && intent.leadId === state.selectedId) {
+  // A text refused for good comes back to edit. One the breaker held back
+  // waits in the history instead, with its key, to be sent as it is.
+  if (intent.kind === "message.send" && !outcome.ok && intent.leadId === state.selectedId
+      && outcome.error?.reason !== "PROVIDER_CIRCUIT_OPEN") {
     const body = $("#sms-body");
     if (!body.value) {
       body.value = intent.body;
@@ -139,14 +154,26 @@ function restore(form, values = {}) {
 
 // -- navigation ------------------------------------------------------------------------
 
-function open(leadId) {
+const ONE_COLUMN = window.matchMedia("(max-width: 760px)");
+
+/** Show a lead; `reveal`: the user chose it, so bring it into view. */
+function open(leadId, { reveal = false } = {}) {
   if (!leadId) return;
+  const other = state.selectedId !== leadId;
   state.selectedId = leadId;
   const hash = `#lead=${encodeURIComponent(leadId)}`;
   if (location.hash !== hash) history.replaceState(null, "", hash);
-  for (const form of [$("#appointment-form"), $("#sms-form")]) showFieldErrors(form, null);
+  if (other) for (const form of [$("#appointment-form"), $("#sms-form")]) showFieldErrors(form, null);
   actions.loadLead(leadId);
   changed();
+  // On one column the detail is below the list: take the user there.
+  if (reveal && ONE_COLUMN.matches) {
+    setTimeout(() => {
+      const detail = $("#detail");
+      detail.scrollIntoView({ block: "start" });
+      detail.focus({ preventScroll: true });
+    }, 0);
+  }
 }
 
 function fromHash() {
@@ -156,11 +183,15 @@ function fromHash() {
 
 // -- session -------------------------------------------------------------------------------
 
-function signedIn(session) {
+function signedIn(session, { focus = false } = {}) {
   state.session = session;
+  readOnly(session);
+  offline.rememberSession(session);
   $("#booting").hidden = true;
   $("#login").hidden = true;
   $("#app").hidden = false;
+  // Keyboard focus starts at the top of the console, not on <body>.
+  if (focus) $("#app-title").focus();
   defaultAgent(session.principal);
   if (!queueStarted) {
     queueStarted = true;
@@ -172,13 +203,21 @@ function signedIn(session) {
   reloadAll();
   const leadId = fromHash();
   if (leadId) open(leadId);
+  templates.load();
   changed();
+}
+
+// A viewer may read and follow everything, and may press nothing that changes data:
+// every control that would (marked data-writes) is hidden, not just refused.
+function readOnly(session) {
+  document.body.classList.toggle("read-only", session?.role === "viewer");
 }
 
 function signedOut(message) {
   stream?.stop();
   stream = null;
   state.session = null;
+  offline.forgetSession();
   showLogin(message);
 }
 
@@ -195,20 +234,35 @@ async function logOut() {
   state.checked.clear();
   state.feed.length = 0;
   state.selectedId = null;
+  offline.forgetSnapshot();
   history.replaceState(null, "", location.pathname);
   signedOut("");
 }
 
+// A double-click is one press: the second click of it never reaches a button
+// (the first may already have re-drawn the buttons under the pointer).
+function ignoreSecondClicks(event) {
+  if (event.detail > 1 && event.target instanceof Element && event.target.closest("button, summary")) {
+    event.preventDefault();
+    event.stopImmediatePropagation();
+  }
+}
+
 async function boot() {
-  setupLogin({ signedIn });
+  document.addEventListener("click", ignoreSecondClicks, true);
+  offline.registerWorker();
+  setupLogin({ signedIn: (session) => signedIn(session, { focus: true }) });
   setupLeads({ open });
   setupAppointments();
   setupSms();
+  templates.setup();
   setupFeed({ open });
   $("#logout").addEventListener("click", logOut);
   $("#queue-retry").addEventListener("click", () => queue.drain());
+  $("#stranded-send").addEventListener("click", () => actions.sendStranded());
+  stranded.onChange(changed);
   $("#queue-pill").addEventListener("click", () => $("#queue-panel").scrollIntoView({ block: "nearest" }));
-  api.whenSignedOut(() => signedOut("Your session has ended. Sign in again; presses not yet sent are kept."));
+  api.whenSignedOut(() => signedOut("Your session has ended. Sign in again; changes not yet sent are kept."));
   queue.onChange(changed);
   queue.onOutcome(onOutcome);
   subscribe(render);
@@ -217,6 +271,10 @@ async function boot() {
     if (leadId && leadId !== state.selectedId) open(leadId);
   });
   window.addEventListener("online", () => {
+    if (state.session?.offline) {
+      resume();
+      return;
+    }
     if (state.listed.error) actions.loadLeads();
     if (state.detail.error && state.selectedId) actions.loadLead(state.selectedId);
     changed();
@@ -228,11 +286,52 @@ async function boot() {
   try {
     session = await api.loadSession();
   } catch {
-    showLogin("The gateway could not be reached. Reload the page to try again.");
+    // Offline (the service worker opened the console from its cache): show
+    // what was known and the presses still queued, and send them once back.
+    const known = offline.knownSession();
+    if (known) {
+      openOffline(known);
+      return;
+    }
+    showLogin("The server could not be reached. Reload the page to try again.");
     return;
   }
   if (session) signedIn(session);
   else showLogin();
+}
+
+function openOffline(known) {
+  state.session = { ...known, offline: true };
+  readOnly(known);
+  defaultAgent(known.principal);
+  offline.restoreSnapshot();
+  $("#booting").hidden = true;
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  if (!queueStarted) {
+    queueStarted = true;
+    queue.start();
+  }
+  state.connection = "reconnecting";
+  const leadId = fromHash();
+  if (leadId) state.selectedId = leadId;
+  changed();
+  // The browser may think it is online while the server is down: ask again now and then.
+  const retry = setInterval(() => {
+    if (!state.session?.offline) clearInterval(retry);
+    else if (navigator.onLine) resume();
+  }, RESUME_EVERY_MS);
+}
+
+// Back online after opening offline: a real session first, then everything.
+async function resume() {
+  try {
+    const session = await api.loadSession();
+    if (session) signedIn(session);
+    else signedOut("Your session has ended. Sign in again; changes not yet sent are kept.");
+  } catch {
+    // Still unreachable: the next `online`, or a reload, tries again.
+  }
 }
 
 boot();

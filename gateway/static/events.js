@@ -14,6 +14,7 @@ export const EVENT_TYPES = [
   "message.created", "message.status_changed",
   "recipient.opted_out", "recipient.opted_in",
   "provider.state_changed",
+  "template.saved", "template.deleted",
 ];
 
 const REOPEN_MIN_MS = 1000;

@@ -57,20 +57,37 @@ export function ago(value, now = Date.now()) {
   return dayOf(date);
 }
 
-/** "+14155550123" → "+1 415 555 0123" (North American numbers; others as stored). */
+/**
+ * A phone number as its own country writes it. The leads service formats it
+ * (`phoneDisplay`, from libphonenumber's metadata); an E.164 number without
+ * one (an event from an older service) is shown as stored.
+ */
+export function phoneOf(lead) {
+  return lead?.phoneDisplay || phone(lead?.phone);
+}
+
+/** "+14155550123" → "+1 415 555 0123" where nothing better is known. */
 export function phone(e164) {
   const nanp = /^\+1(\d{3})(\d{3})(\d{4})$/.exec(e164 ?? "");
-  return nanp ? `+1 ${nanp[1]} ${nanp[2]} ${nanp[3]}` : (e164 ?? "");
+  return nanp ? `+1 ${nanp[1]}-${nanp[2]}-${nanp[3]}` : (e164 ?? "");
+}
+
+/** The digits of a phone number as written, for search: "+1 (415) 555-0123" → "14155550123". */
+export function digits(text) {
+  return String(text ?? "").replace(/\D/g, "");
 }
 
 export function shortId(id) {
   return id ? String(id).slice(0, 8) : "";
 }
 
-/** "PROPOSAL_SENT" → "Proposal sent" */
+// The contract's enum values start with their enum's name ("LEAD_STATUS_WON").
+const ENUM_PREFIX = /^(LEAD_STATUS|APPOINTMENT_STATUS|MESSAGE_STATUS|BREAKER_STATE|DIRECTION|ENCODING)_/;
+
+/** "LEAD_STATUS_PROPOSAL_SENT" (or "PROPOSAL_SENT") → "Proposal sent" */
 export function words(name) {
   if (!name) return "";
-  const text = String(name).replaceAll("_", " ").toLowerCase();
+  const text = String(name).replace(ENUM_PREFIX, "").replaceAll("_", " ").toLowerCase();
   return text.charAt(0).toUpperCase() + text.slice(1);
 }
 

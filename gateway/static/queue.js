@@ -10,15 +10,19 @@
 //   answer                                        what happens to the press
 //   2xx (replayed or not)                         done: success
 //   a final refusal (400, 404, 409 conflict …)    done: shown as refused
-//   503 PROVIDER_CIRCUIT_OPEN                     done: refused, "retry in N s"; the
-//                                                 text is not re-sent by itself (it may
-//                                                 be stale by then): Send again reuses
-//                                                 its key, so the service takes over
-//                                                 the message it recorded
+//   503 PROVIDER_CIRCUIT_OPEN                     done: refused; the text is not re-sent
+//                                                 by itself (it may be stale by then):
+//                                                 stranded.js keeps its key, and Send now
+//                                                 (or one press for all, once texting
+//                                                 resumes) reuses it, so the service takes
+//                                                 over the message it recorded
 //   network error, 502/503/504, 408, 429          kept; sent again after a backoff
 //   409 IDEMPOTENCY_KEY_IN_USE                    kept; the first is still running:
 //                                                 asked again shortly
 //   401                                           kept until the user signs in again
+//
+// A press of an intent already waiting joins it (see `press`), so a double press
+// is one press with one key.
 //
 // A press is only ever sent by the principal who made it: if someone else signs
 // in on this browser, it waits for its owner.
@@ -102,28 +106,73 @@ export function onOutcome(listener) {
   outcomeListeners.add(listener);
 }
 
+/** Two presses mean the same thing when they ask the same control for the same intent. */
+export function signature(spec) {
+  return `${spec.control}\n${JSON.stringify(spec.intent ?? null)}`;
+}
+
+// Presses being recorded right now (the lock is async): a second click that
+// arrives meanwhile joins the first instead of becoming a second press.
+const recording = new Map();
+// Intents pressed lately that succeeded or are still unanswered: pressing one
+// again reuses its key and request, so the server answers with the stored
+// outcome (a replay) and nothing happens twice.
+const recent = new Map();
+const RECENT_MS = 10 * 60 * 1000;
+
 /**
  * Record a press and send it as soon as it can be sent.
  * spec: {control, label, intent, method, path, body, key?}: `key` only to send
  * again a press the server did not carry out for a transient reason.
+ * `repeatable: false` (the default for status moves and confirmations) makes a
+ * second press of the same intent reuse the first one's key; texts and new
+ * records pass `repeatable: true` only to opt out of joining a recent press.
+ *
+ * Resolves the press as recorded; a press of an intent already waiting in the
+ * queue resolves that one, and nothing new is queued.
  */
-export async function press(spec) {
+export function press(spec) {
+  const sig = signature(spec);
+  const joining = recording.get(sig);
+  if (joining) return joining;
+  const recorded = record(spec, sig).finally(() => recording.delete(sig));
+  recording.set(sig, recorded);
+  return recorded;
+}
+
+async function record(spec, sig) {
+  const again = spec.repeatable || spec.key ? null : recent.get(sig);
+  const reuse = again && Date.now() - again.at < RECENT_MS ? again : null;
   const item = {
     ...spec,
+    ...(reuse ? { method: reuse.method, path: reuse.path, body: reuse.body } : {}),
     id: newKey(),
-    key: spec.key ?? newKey(),
+    key: spec.key ?? reuse?.key ?? newKey(),
+    signature: sig,
     principal: currentSession()?.principal ?? "",
     pressedAt: new Date().toISOString(),
     attempts: 0,
     held: false,
     problem: null,
   };
+  let existing = null;
   await mutate((queue) => {
+    existing = queue.find((other) => other.signature === sig) ?? null;
+    if (existing) return queue;
     item.held = !navigator.onLine || queue.some((other) => other.held);
     return [...queue, item];
   });
+  if (existing) return existing;
+  if (!spec.repeatable) {
+    recent.set(sig, { key: item.key, method: item.method, path: item.path, body: item.body, at: Date.now() });
+  }
   drain();
   return item;
+}
+
+/** A press of this intent was refused: the next press of it is a new one. */
+function forget(outcome) {
+  if (!outcome.ok && outcome.signature) recent.delete(outcome.signature);
 }
 
 /** Send what is queued, in order, one at a time across all tabs. */
@@ -172,7 +221,7 @@ async function sendInOrder() {
     // optimistic overlay goes, so nothing flickers back.
     publish({
       id: head.id, key: head.key, control: head.control, intent: head.intent,
-      label: head.label, ...verdict, at: Date.now(),
+      label: head.label, signature: head.signature, ...verdict, at: Date.now(),
     });
     await mutate((queue) => queue.filter((item) => item.id !== head.id));
   }
@@ -223,6 +272,7 @@ function later(ms) {
 }
 
 function publish(outcome) {
+  forget(outcome);
   for (const listener of outcomeListeners) listener(outcome);
   channel?.postMessage(outcome);
 }

@@ -7,7 +7,7 @@
 // top (see `overlay`): the optimistic state is derived from the press queue, so
 // it survives a reload exactly as the queue does.
 
-import { canAppointment, canMove } from "./pipeline.js";
+import { LEAD_FLOW, OUTBOUND, PENDING, canAppointment, canMove } from "./pipeline.js";
 import { presses, sendingId } from "./queue.js";
 
 export const state = {
@@ -26,6 +26,7 @@ export const state = {
   maxSegments: 1, // the server's CRM_SMS_MAX_SEGMENTS as far as we know
   feed: [],
   outcomes: new Map(), // control → the last outcome of a press on it
+  templates: { list: [], loaded: false, error: null }, // message templates, by name
 };
 
 const listeners = new Set();
@@ -84,6 +85,22 @@ export function mergeChange(change) {
 export function mergeProvider(provider) {
   if (!provider) return;
   state.provider = provider;
+  if (Number(provider.maxSegments) > 0) state.maxSegments = Number(provider.maxSegments);
+  changed();
+}
+
+export function mergeTemplate(template) {
+  if (!template?.templateId) return;
+  const list = state.templates.list.filter((t) => t.templateId !== template.templateId);
+  const held = state.templates.list.find((t) => t.templateId === template.templateId);
+  list.push(held && version(held) > version(template) ? held : template);
+  list.sort((a, b) => String(a.name).localeCompare(String(b.name)));
+  state.templates.list = list;
+  changed();
+}
+
+export function dropTemplate(templateId) {
+  state.templates.list = state.templates.list.filter((t) => t.templateId !== templateId);
   changed();
 }
 
@@ -109,7 +126,7 @@ export function overlay() {
     const intent = item.intent ?? {};
     switch (intent.kind) {
       case "lead.create":
-        creating.leads.push({ ...intent.lead, pressId: item.id, pending: how, status: "NEW" });
+        creating.leads.push({ ...intent.lead, pressId: item.id, pending: how, status: LEAD_FLOW[0] });
         break;
       case "lead.status":
       case "lead.batch":
@@ -122,7 +139,7 @@ export function overlay() {
         }
         break;
       case "appointment.create":
-        creating.appointments.push({ ...intent.appointment, pressId: item.id, pending: how, status: "PENDING" });
+        creating.appointments.push({ ...intent.appointment, pressId: item.id, pending: how, status: PENDING });
         break;
       case "appointment.status": {
         const appointment = appointments.get(intent.appointmentId);
@@ -134,8 +151,8 @@ export function overlay() {
       }
       case "message.send":
         creating.messages.push({
-          leadId: intent.leadId, body: intent.body, pressId: item.id, pending: how,
-          direction: "OUTBOUND", status: how === "queued" ? "WAITING" : "SENDING", createdAt: item.pressedAt,
+          leadId: intent.leadId, body: intent.body, pressId: item.id, key: item.key, pending: how,
+          direction: OUTBOUND, status: how === "queued" ? "WAITING" : "MESSAGE_STATUS_SENDING", createdAt: item.pressedAt,
         });
         break;
       default:

@@ -16,6 +16,7 @@ check sees the winner and the refusal names it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -36,21 +37,18 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.bookings import messages
 from services.bookings.domain import (
     Appointment,
     AppointmentChange,
+    AppointmentEvent,
     AppointmentNotFound,
     AppointmentStatus,
 )
-from services.shared import sql
+from services.bookings.service import Filter
 from services.shared.db import RunAgain, UTCDateTime, as_utc
-from services.shared.errors import Aborted
-from services.shared.events import EventRecord
-from services.shared.schema import shared_tables
-from services.shared.uow import UnitOfWork
+from services.shared.schema import org_column, shared_tables
+from services.shared.uow import EventMapper, Respond, Storage, UnitOfWork
 
 metadata = MetaData()
 shared = shared_tables(metadata, "bookings")
@@ -76,9 +74,10 @@ appointments = Table(
     Column("cancel_reason", String(500), nullable=False),
     Column("completed_by", String(128), nullable=False),
     Column("completed_at", UTCDateTime),
-    Index("ix_appointments_start", "start_time", "appointment_id"),
-    Index("ix_appointments_agent_start", "agent_id", "start_time"),
-    Index("ix_appointments_lead_start", "lead_id", "start_time"),
+    org_column(),
+    Index("ix_appointments_start", "org", "start_time", "appointment_id"),
+    Index("ix_appointments_agent_start", "org", "agent_id", "start_time"),
+    Index("ix_appointments_lead_start", "org", "lead_id", "start_time"),
 )
 
 appointment_changes = Table(
@@ -95,17 +94,12 @@ appointment_changes = Table(
     Column("idempotency_key", String(255), nullable=False),
     Column("reason", String(500), nullable=False),
     Column("version", BigInteger, nullable=False),
+    org_column(),
     Index("ix_appointment_changes_appointment", "appointment_id", "id"),
 )
 
 # The exclusion constraint's name (PostgreSQL only; created by the migration).
 NO_DOUBLE_BOOKING = "appointments_no_double_booking"
-
-
-class ConcurrentChange(Aborted):
-    """The row changed under a lock we held: never expected."""
-
-    reason = "CONCURRENT_CHANGE"
 
 
 class SlotRaced(RunAgain):
@@ -115,11 +109,13 @@ class SlotRaced(RunAgain):
 # The hot statements, built once (see services.shared.sql).
 _a = appointments.c
 INSERT_APPOINTMENT = insert(appointments)
-SELECT_APPOINTMENT = select(appointments).where(_a.appointment_id == bindparam("appointment_id"))
+SELECT_APPOINTMENT = select(appointments).where(_a.appointment_id == bindparam("appointment_id"),
+                                                _a.org == bindparam("org"))
 SELECT_APPOINTMENT_FOR_UPDATE = SELECT_APPOINTMENT.with_for_update()
 SELECT_CONFIRMED_OVERLAPPING = (
     select(appointments)
     .where(
+        _a.org == bindparam("org"),
         _a.agent_id == bindparam("agent_id"),
         _a.status == bindparam("confirmed"),
         _a.start_time < bindparam("end_time"),
@@ -130,7 +126,8 @@ SELECT_CONFIRMED_OVERLAPPING = (
     .limit(bindparam("limit"))
 )
 UPDATE_APPOINTMENT = update(appointments).where(
-    _a.appointment_id == bindparam("b_appointment_id"), _a.version == bindparam("b_version")
+    _a.appointment_id == bindparam("b_appointment_id"), _a.version == bindparam("b_version"),
+    _a.org == bindparam("b_org"),
 )
 INSERT_CHANGE = insert(appointment_changes)
 
@@ -174,19 +171,17 @@ def _change(row: Row[Any]) -> AppointmentChange:
 class SqlAppointmentRepository:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
-        self.conn = uow.conn
-        self.postgres = uow.postgres
         # Every appointment this unit of work loaded or added, for its events.
         self.seen: dict[str, Appointment] = {}
 
     async def add(self, appointment: Appointment) -> None:
-        await self.uow.write(INSERT_APPOINTMENT, self._row(appointment))
+        await self.uow.write(INSERT_APPOINTMENT, {**self._row(appointment), "org": self.uow.org})
         self.seen[appointment.appointment_id] = appointment
 
     async def get(self, appointment_id: str, *, for_update: bool = False) -> Appointment:
-        locking = for_update and self.postgres
+        locking = for_update and self.uow.postgres
         query = SELECT_APPOINTMENT_FOR_UPDATE if locking else SELECT_APPOINTMENT
-        rows = await sql.fetch(self.conn, query, {"appointment_id": appointment_id})
+        rows = await self.uow.read(query, {"appointment_id": appointment_id, "org": self.uow.org})
         if not rows:
             raise AppointmentNotFound(appointment_id)
         found = self.seen[appointment_id] = _appointment(rows[0])
@@ -194,80 +189,64 @@ class SqlAppointmentRepository:
 
     async def confirmed_overlapping(self, appointment: Appointment) -> list[Appointment]:
         """The agent's confirmed appointments that overlap this one's slot, earliest first."""
-        rows = await sql.fetch(self.conn, SELECT_CONFIRMED_OVERLAPPING, {
+        rows = await self.uow.read(SELECT_CONFIRMED_OVERLAPPING, {
             "agent_id": appointment.agent_id, "start_time": appointment.start_time,
             "end_time": appointment.end_time, "appointment_id": appointment.appointment_id,
-            "confirmed": AppointmentStatus.CONFIRMED.value, "limit": 10,
+            "confirmed": AppointmentStatus.CONFIRMED.value, "limit": 10, "org": self.uow.org,
         })
         return [_appointment(row) for row in rows]
 
     async def save(self, appointment: Appointment, change: AppointmentChange) -> None:
         """Store a change of status and its audit record. The appointment was read
         FOR UPDATE (SQLite: in the only write transaction), so its version cannot
-        have moved meanwhile; the version guard stays in the statement all the same.
-        On PostgreSQL a confirm over a slot that a racing confirm took first is
-        refused by the exclusion constraint at commit (see SqlBookingsUnitOfWork)."""
+        have moved meanwhile; the version guard checks it all the same, on either
+        database. On PostgreSQL a confirm over a slot that a racing confirm took
+        first is refused by the exclusion constraint at commit (see
+        SqlBookingsUnitOfWork)."""
         row = self._row(appointment)
         del row["appointment_id"]
-        changed = await self.uow.write(UPDATE_APPOINTMENT, {
+        await self.uow.write(UPDATE_APPOINTMENT, {
             "b_appointment_id": appointment.appointment_id, "b_version": change.version - 1,
-            **row,
-        })
-        if changed is not None and changed != 1:
-            raise ConcurrentChange(
-                f"appointment {appointment.appointment_id!r} changed while locked"
-            )
+            "b_org": self.uow.org, **row,
+        }, expect_rows=1)
         await self.uow.write(INSERT_CHANGE, {
             "appointment_id": change.appointment_id, "from_status": change.from_status.value,
             "to_status": change.to_status.value, "actor": change.actor,
             "changed_at": change.changed_at, "idempotency_key": change.idempotency_key,
-            "reason": change.reason, "version": change.version,
+            "reason": change.reason, "version": change.version, "org": self.uow.org,
         })
 
-    async def find(
-        self,
-        *,
-        lead_id: str | None,
-        agent_id: str | None,
-        status: AppointmentStatus | None,
-        window_start: datetime | None,
-        window_end: datetime | None,
-        after: list[object] | None,
-        limit: int,
-    ) -> list[Appointment]:
+    async def find(self, where: Filter, after: tuple[datetime, str] | None, limit: int
+                   ) -> list[Appointment]:
         """By start time, then id; `after` is the (start_time, id) of the last one served."""
         a = appointments.c
-        query = select(appointments)
-        if lead_id is not None:
-            query = query.where(a.lead_id == lead_id)
-        if agent_id is not None:
-            query = query.where(a.agent_id == agent_id)
-        if status is not None:
-            query = query.where(a.status == status.value)
-        if window_start is not None:
-            query = query.where(a.end_time > window_start)
-        if window_end is not None:
-            query = query.where(a.start_time < window_end)
+        query = select(appointments).where(a.org == self.uow.org)
+        if where.lead_id is not None:
+            query = query.where(a.lead_id == where.lead_id)
+        if where.agent_id is not None:
+            query = query.where(a.agent_id == where.agent_id)
+        if where.status is not None:
+            query = query.where(a.status == where.status.value)
+        if where.window_start is not None:
+            query = query.where(a.end_time > where.window_start)
+        if where.window_end is not None:
+            query = query.where(a.start_time < where.window_end)
         if after is not None:
             query = query.where(tuple_(a.start_time, a.appointment_id) > tuple_(*after))
         query = query.order_by(a.start_time, a.appointment_id).limit(limit)
-        return [_appointment(row) for row in await self.conn.execute(query)]
+        return [_appointment(row) for row in await self.uow.execute(query)]
 
-    async def list_changes(
+    async def changes(
         self, appointment_id: str, after: int | None, limit: int
     ) -> list[tuple[int, AppointmentChange]]:
+        """An appointment's audit trail, oldest first, with each change's position in it."""
         c = appointment_changes.c
-        query = select(appointment_changes).where(c.appointment_id == appointment_id)
+        query = select(appointment_changes).where(c.appointment_id == appointment_id,
+                                                  c.org == self.uow.org)
         if after is not None:
             query = query.where(c.id > after)
         query = query.order_by(c.id).limit(limit)
-        return [(row.id, _change(row)) for row in await self.conn.execute(query)]
-
-    async def exists(self, appointment_id: str) -> bool:
-        query = select(appointments.c.appointment_id).where(
-            appointments.c.appointment_id == appointment_id
-        )
-        return (await self.conn.execute(query)).first() is not None
+        return [(row.id, _change(row)) for row in await self.uow.execute(query)]
 
     @staticmethod
     def _row(appointment: Appointment) -> dict[str, Any]:
@@ -294,19 +273,17 @@ class SqlAppointmentRepository:
 
 
 class SqlBookingsUnitOfWork(UnitOfWork):
-    def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
-        super().__init__(conn, runtime)
+    def __init__(self, storage: Storage, *, events: EventMapper,
+                 respond: Respond | None = None) -> None:
+        super().__init__(storage, events=events, respond=respond)
         self.appointments = SqlAppointmentRepository(self)
 
-    def collect_events(self) -> list[EventRecord]:
-        return [
-            messages.event_record(event)
-            for appointment in self.appointments.seen.values()
-            for event in appointment.pull_events()
-        ]
+    def recorded_events(self) -> Iterator[AppointmentEvent]:
+        for appointment in self.appointments.seen.values():
+            yield from appointment.pull_events()
 
-    async def commit(self) -> None:
+    async def commit(self, outcome: object = None) -> None:
         try:
-            await super().commit()
+            await super().commit(outcome)
         except ExclusionViolation as error:
             raise SlotRaced("a racing confirm took the slot first") from error

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from services.shared import errors, validation
+from crm.bookings.v1 import bookings_pb2
 
-MAX_AGENT_ID_LENGTH = 100
-MAX_NOTES_LENGTH = 2000
-MAX_REASON_LENGTH = 500
+from services.shared import errors, rules, validation
+
+# The contract's rules (crm.common.v1.FieldRules on CreateAppointmentRequest…).
+MAX_AGENT_ID_LENGTH = rules.of(bookings_pb2.CreateAppointmentRequest, "agent_id").max_length
+MAX_NOTES_LENGTH = rules.of(bookings_pb2.CreateAppointmentRequest, "notes").max_length
+MAX_REASON_LENGTH = rules.of(bookings_pb2.CancelAppointmentRequest, "reason").max_length
 MAX_DURATION = timedelta(hours=24)
 
 
@@ -113,8 +116,13 @@ def check_booking(
     start_time: datetime | None,
     end_time: datetime | None,
     notes: str,
+    not_before: datetime | None = None,
 ) -> None:
-    """Refuse a booking request with InvalidArgument naming every bad field."""
+    """Refuse a booking request with InvalidArgument naming every bad field.
+
+    `not_before`: the earliest start accepted (now, less a small grace), so an
+    appointment is never booked in the past.
+    """
     found = errors.Violations()
     for field_name, value, longest in (("lead_id", lead_id, validation.MAX_ID_LENGTH),
                                        ("agent_id", agent_id, MAX_AGENT_ID_LENGTH)):
@@ -123,6 +131,8 @@ def check_booking(
             found.add(field_name, problem)
     if start_time is None:
         found.add("start_time", "is required")
+    elif not_before is not None and start_time < not_before:
+        found.add("start_time", "is in the past; appointments start from now on")
     if end_time is None:
         found.add("end_time", "is required")
     if start_time is not None and end_time is not None:
@@ -144,15 +154,7 @@ def check_reason(reason: str) -> None:
 
 def id_problem(value: str, longest: int) -> str | None:
     """What is wrong with an id (as of a lead or an agent), if anything."""
-    if not value:
-        return "is required"
-    if len(value) > longest:
-        return f"at most {longest} characters"
-    if not value.isprintable():
-        return "must hold printable characters only"
-    if value != value.strip():
-        return "must not start or end with spaces"
-    return None
+    return validation.id_problem(value, longest)
 
 
 @dataclass(frozen=True)

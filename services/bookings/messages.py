@@ -18,9 +18,10 @@ from services.bookings.domain import (
 )
 from services.shared.errors import InvalidArgument
 from services.shared.events import EventRecord
-from services.shared.protos import timestamp, when
+from services.shared.paging import Page
+from services.shared.protos import enum_numbers, timestamp, when
 
-_TO_PROTO = {status: pb.AppointmentStatus.Value(status.name) for status in AppointmentStatus}
+_TO_PROTO = enum_numbers(AppointmentStatus, pb.AppointmentStatus.DESCRIPTOR)
 _FROM_PROTO = {number: status for status, number in _TO_PROTO.items()}
 
 EVENT_TYPES = (
@@ -43,7 +44,7 @@ def status(value: AppointmentStatus) -> int:
 def status_from(number: int, field: str = "status") -> AppointmentStatus:
     found = _FROM_PROTO.get(number)
     if found is None:
-        names = ", ".join(s.name for s in AppointmentStatus)
+        names = ", ".join(pb.AppointmentStatus.Name(n) for n in _FROM_PROTO)
         raise InvalidArgument.field(field, f"must be one of {names}")
     return found
 
@@ -95,6 +96,17 @@ def change(value: AppointmentChange) -> pb.AppointmentChange:
         reason=value.reason,
         version=value.version,
     )
+
+
+def appointments_page(found: Page[Appointment]) -> pb.ListAppointmentsResponse:
+    return pb.ListAppointmentsResponse(appointments=[appointment(x) for x in found.items],
+                                       next_page_token=found.next_token)
+
+
+def changes_page(found: Page[tuple[int, AppointmentChange]]
+                 ) -> pb.ListAppointmentChangesResponse:
+    return pb.ListAppointmentChangesResponse(changes=[change(x) for _, x in found.items],
+                                             next_page_token=found.next_token)
 
 
 def event_record(event: AppointmentEvent) -> EventRecord:

@@ -1,7 +1,13 @@
-"""Storage of leads: tables, the repository (SQLAlchemy Core) and the unit of work."""
+"""Storage of leads: tables, the repository (SQLAlchemy Core) and the unit of work.
+
+Every row names its org, and every statement names the unit of work's org
+(`uow.org`): another org's lead is LEAD_NOT_FOUND, exactly as a missing one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -20,14 +26,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.leads import messages
-from services.leads.domain import Lead, LeadNotFound, LeadStatus, StatusChange
+from services.leads.domain import Lead, LeadEvent, LeadNotFound, LeadStatus, StatusChange
 from services.shared.db import UTCDateTime
-from services.shared.events import EventRecord
-from services.shared.schema import shared_tables
-from services.shared.uow import UnitOfWork
+from services.shared.schema import org_column, shared_tables
+from services.shared.uow import EventMapper, Respond, Storage, UnitOfWork
 
 metadata = MetaData()
 shared = shared_tables(metadata, "leads")
@@ -44,8 +47,10 @@ leads = Table(
     Column("created_by", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    Index("ix_leads_created", "created_at", "lead_id"),
-    Index("ix_leads_status_created", "status", "created_at", "lead_id"),
+    org_column(),
+    Index("ix_leads_created", "org", "created_at", "lead_id"),
+    Index("ix_leads_status_created", "org", "status", "created_at", "lead_id"),
+    Index("ix_leads_phone", "org", "phone"),
 )
 
 status_changes = Table(
@@ -60,6 +65,7 @@ status_changes = Table(
     Column("changed_at", UTCDateTime, nullable=False),
     Column("idempotency_key", String(255), nullable=False),
     Column("version", BigInteger, nullable=False),
+    org_column(),
     Index("ix_lead_status_changes_lead", "lead_id", "id"),
 )
 
@@ -93,18 +99,18 @@ def _change(row: Row[Any]) -> StatusChange:
 # The hot statements, built once (see services.shared.sql).
 INSERT_LEAD = insert(leads)
 UPDATE_LEAD = update(leads).where(
-    leads.c.lead_id == bindparam("b_lead_id"), leads.c.version == bindparam("b_version")
+    leads.c.lead_id == bindparam("b_lead_id"), leads.c.version == bindparam("b_version"),
+    leads.c.org == bindparam("b_org"),
 )
 INSERT_CHANGE = insert(status_changes)
-SELECT_LEAD = select(leads).where(leads.c.lead_id == bindparam("lead_id"))
+SELECT_LEAD = select(leads).where(leads.c.lead_id == bindparam("lead_id"),
+                                  leads.c.org == bindparam("org"))
 SELECT_LEAD_FOR_UPDATE = SELECT_LEAD.with_for_update()
 
 
 class SqlLeadRepository:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
-        self.conn = uow.conn
-        self.postgres = uow.postgres
         # Every lead this unit of work loaded or added, for its events.
         self.seen: dict[str, Lead] = {}
 
@@ -113,13 +119,13 @@ class SqlLeadRepository:
             "lead_id": lead.lead_id, "name": lead.name, "phone": lead.phone,
             "email": lead.email, "status": lead.status.value, "version": lead.version,
             "created_by": lead.created_by, "created_at": lead.created_at,
-            "updated_at": lead.updated_at,
+            "updated_at": lead.updated_at, "org": self.uow.org,
         })
         self.seen[lead.lead_id] = lead
 
     async def get(self, lead_id: str, *, for_update: bool = False) -> Lead:
-        query = SELECT_LEAD_FOR_UPDATE if for_update and self.postgres else SELECT_LEAD
-        rows = await self.uow.read(query, {"lead_id": lead_id})
+        query = SELECT_LEAD_FOR_UPDATE if for_update and self.uow.postgres else SELECT_LEAD
+        rows = await self.uow.read(query, {"lead_id": lead_id, "org": self.uow.org})
         if not rows:
             raise LeadNotFound(lead_id)
         lead = self.seen[lead_id] = _lead(rows[0])
@@ -127,63 +133,64 @@ class SqlLeadRepository:
 
     async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]:
         # Locking in id order keeps concurrent batches from deadlocking.
-        query = select(leads).where(leads.c.lead_id.in_(lead_ids)).order_by(leads.c.lead_id)
-        if for_update and self.postgres:
+        query = (select(leads).where(leads.c.lead_id.in_(lead_ids), leads.c.org == self.uow.org)
+                 .order_by(leads.c.lead_id))
+        if for_update and self.uow.postgres:
             query = query.with_for_update()
-        found = {row.lead_id: _lead(row) for row in await self.conn.execute(query)}
+        found = {row.lead_id: _lead(row) for row in await self.uow.execute(query)}
         self.seen.update(found)
         return found
 
     async def save(self, lead: Lead, change: StatusChange) -> None:
         """Store a move and its audit record. The lead was read FOR UPDATE (SQLite:
         in the only write transaction), so its version cannot have moved meanwhile;
-        the version guard stays in the statement all the same."""
+        the version guard checks it all the same, on either database."""
         await self.uow.write(UPDATE_LEAD, {
-            "b_lead_id": lead.lead_id, "b_version": change.version - 1,
+            "b_lead_id": lead.lead_id, "b_version": change.version - 1, "b_org": self.uow.org,
             "status": lead.status.value, "version": lead.version,
             "updated_at": lead.updated_at,
-        })
+        }, expect_rows=1)
         await self.uow.write(INSERT_CHANGE, {
             "lead_id": change.lead_id, "from_status": change.from_status.value,
             "to_status": change.to_status.value, "actor": change.actor,
             "changed_at": change.changed_at, "idempotency_key": change.idempotency_key,
-            "version": change.version,
+            "version": change.version, "org": self.uow.org,
         })
 
     async def newest(
-        self, status: LeadStatus | None, after: list[object] | None, limit: int
+        self, status: LeadStatus | None, after: tuple[datetime, str] | None, limit: int,
+        *, phone: str | None = None,
     ) -> list[Lead]:
-        """Newest first; `after` is the (created_at, lead_id) of the last lead served."""
-        query = select(leads)
+        """Newest first; `after` is the (created_at, lead_id) of the last lead served;
+        `phone` (E.164) keeps only the leads with that number."""
+        query = select(leads).where(leads.c.org == self.uow.org)
         if status is not None:
             query = query.where(leads.c.status == status.value)
+        if phone is not None:
+            query = query.where(leads.c.phone == phone)
         if after is not None:
             query = query.where(tuple_(leads.c.created_at, leads.c.lead_id) < tuple_(*after))
         query = query.order_by(leads.c.created_at.desc(), leads.c.lead_id.desc()).limit(limit)
-        return [_lead(row) for row in await self.conn.execute(query)]
+        return [_lead(row) for row in await self.uow.execute(query)]
 
-    async def list_changes(
+    async def changes(
         self, lead_id: str, after: int | None, limit: int
     ) -> list[tuple[int, StatusChange]]:
-        query = select(status_changes).where(status_changes.c.lead_id == lead_id)
+        """A lead's audit trail, oldest first, with each change's position in it."""
+        query = select(status_changes).where(status_changes.c.lead_id == lead_id,
+                                             status_changes.c.org == self.uow.org)
         if after is not None:
             query = query.where(status_changes.c.id > after)
         query = query.order_by(status_changes.c.id).limit(limit)
-        return [(row.id, _change(row)) for row in await self.conn.execute(query)]
-
-    async def exists(self, lead_id: str) -> bool:
-        query = select(leads.c.lead_id).where(leads.c.lead_id == lead_id)
-        return (await self.conn.execute(query)).first() is not None
+        return [(row.id, _change(row)) for row in await self.uow.execute(query)]
 
 
 class SqlLeadsUnitOfWork(UnitOfWork):
-    def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
-        super().__init__(conn, runtime)
+    def __init__(self, storage: Storage, *, events: EventMapper,
+                 respond: Respond | None = None) -> None:
+        super().__init__(storage, events=events, respond=respond)
         self.leads = SqlLeadRepository(self)
 
-    def collect_events(self) -> list[EventRecord]:
-        return [
-            messages.event_record(event)
-            for lead in self.leads.seen.values()
-            for event in lead.pull_events()
-        ]
+    def recorded_events(self) -> Iterator[LeadEvent]:
+        for lead in self.leads.seen.values():
+            yield from lead.pull_events()

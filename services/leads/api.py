@@ -11,101 +11,75 @@ from crm.leads.v1 import leads_pb2_grpc
 
 from services.leads import messages, service
 from services.leads.adapters import SqlLeadsUnitOfWork
-from services.shared import paging, subscribe
-from services.shared.context import current_call
+from services.shared import subscribe
+from services.shared.entrypoint import Entrypoint, caller, idempotent, key
 from services.shared.events import Filter
-from services.shared.idempotency import idempotent, reads
-from services.shared.runtime import ServiceRuntime
+from services.shared.paging import PageRequest
+from services.shared.uow import Units
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
-class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
-    def __init__(self, runtime: ServiceRuntime) -> None:
-        self.runtime = runtime
-        self.region = runtime.settings.default_region
+class LeadsApi(Entrypoint[SqlLeadsUnitOfWork], leads_pb2_grpc.LeadsServiceServicer):
+    def __init__(self, units: Units[SqlLeadsUnitOfWork], *, region: str,
+                 heartbeat_seconds: float) -> None:
+        super().__init__(units)
+        self.region = region
+        self.heartbeat_seconds = heartbeat_seconds
 
     @idempotent
-    async def CreateLead(
-        self, request: pb.CreateLeadRequest, context: Context, uow: SqlLeadsUnitOfWork
-    ) -> pb.Lead:
+    async def CreateLead(self, request: pb.CreateLeadRequest, context: Context) -> pb.Lead:
         command = service.CreateLead(
-            name=request.name, phone=request.phone, email=request.email,
-            actor=current_call().principal,
+            name=request.name, phone=request.phone, email=request.email, region=self.region,
+            caller=caller(), key=key(request),
         )
-        return messages.lead(await service.create_lead(command, uow, region=self.region))
+        return await self.run_command(context, service.create_lead, command, messages.lead)
 
-    @reads
-    async def GetLead(
-        self, request: pb.GetLeadRequest, context: Context, uow: SqlLeadsUnitOfWork
-    ) -> pb.Lead:
-        return messages.lead(await service.get_lead(request.lead_id, uow))
+    async def GetLead(self, request: pb.GetLeadRequest, context: Context) -> pb.Lead:
+        query = service.GetLead(lead_id=request.lead_id, caller=caller())
+        return await self.run_query(context, service.get_lead, query, messages.lead)
 
-    @reads
-    async def ListLeads(
-        self, request: pb.ListLeadsRequest, context: Context, uow: SqlLeadsUnitOfWork
-    ) -> pb.ListLeadsResponse:
-        wanted = messages.status_from(request.status) if request.status else None
-        size = paging.page_size(request.page_size)
-        query = {"list": "leads", "status": request.status}
-        after = paging.decode_time_and_id(request.page_token, query)
-        found = await uow.leads.newest(wanted, list(after) if after else None, size + 1)
-        page = found[:size]
-        token = ""
-        if len(found) > size:
-            token = paging.encode_time_and_id(page[-1].created_at, page[-1].lead_id, query)
-        return pb.ListLeadsResponse(leads=[messages.lead(x) for x in page], next_page_token=token)
+    async def ListLeads(self, request: pb.ListLeadsRequest, context: Context
+                        ) -> pb.ListLeadsResponse:
+        query = service.ListLeads(
+            status=messages.status_from(request.status) if request.status else None,
+            page=PageRequest(request.page_size, request.page_token), caller=caller(),
+            phone=request.phone, region=self.region,
+        )
+        return await self.run_query(context, service.list_leads, query, messages.leads_page)
 
     @idempotent
-    async def UpdateLeadStatus(
-        self, request: pb.UpdateLeadStatusRequest, context: Context, uow: SqlLeadsUnitOfWork
-    ) -> pb.Lead:
-        call = current_call()
+    async def UpdateLeadStatus(self, request: pb.UpdateLeadStatusRequest, context: Context
+                               ) -> pb.Lead:
         command = service.UpdateStatus(
             lead_id=request.lead_id,
             status=messages.status_from(request.status),
-            actor=call.principal,
-            idempotency_key=call.idempotency_key,
             expected_version=(
                 request.expected_version if request.HasField("expected_version") else None
             ),
+            caller=caller(), key=key(request),
         )
-        return messages.lead(await service.update_status(command, uow))
+        return await self.run_command(context, service.update_status, command, messages.lead)
 
     @idempotent
     async def BatchUpdateLeadStatus(
-        self, request: pb.BatchUpdateLeadStatusRequest, context: Context, uow: SqlLeadsUnitOfWork
+        self, request: pb.BatchUpdateLeadStatusRequest, context: Context
     ) -> pb.BatchUpdateLeadStatusResponse:
-        call = current_call()
         command = service.BatchUpdateStatus(
-            lead_ids=list(request.lead_ids),
-            status=messages.status_from(request.status),
-            actor=call.principal,
-            idempotency_key=call.idempotency_key,
+            lead_ids=list(request.lead_ids), status=messages.status_from(request.status),
+            caller=caller(), key=key(request),
         )
-        result = await service.batch_update_status(command, uow)
-        return pb.BatchUpdateLeadStatusResponse(
-            updated_leads=[messages.lead(x) for x in result.updated],
-            unchanged_lead_ids=result.unchanged,
-        )
+        return await self.run_command(context, service.batch_update_status, command,
+                                      messages.batch_result)
 
-    @reads
-    async def ListStatusChanges(
-        self, request: pb.ListStatusChangesRequest, context: Context, uow: SqlLeadsUnitOfWork
-    ) -> pb.ListStatusChangesResponse:
-        lead_id = service.check_id(request.lead_id)
-        size = paging.page_size(request.page_size)
-        query = {"list": "status_changes", "lead_id": lead_id}
-        after = paging.decode(request.page_token, query)
-        found = await uow.leads.list_changes(lead_id, int(after[0]) if after else None, size + 1)
-        if not found and not await uow.leads.exists(lead_id):
-            await service.get_lead(lead_id, uow)  # raises LEAD_NOT_FOUND
-        page = found[:size]
-        token = paging.encode([page[-1][0]], query) if len(found) > size else ""
-        return pb.ListStatusChangesResponse(
-            status_changes=[messages.status_change(change) for _, change in page],
-            next_page_token=token,
+    async def ListStatusChanges(self, request: pb.ListStatusChangesRequest, context: Context
+                                ) -> pb.ListStatusChangesResponse:
+        query = service.ListStatusChanges(
+            lead_id=request.lead_id, page=PageRequest(request.page_size, request.page_token),
+            caller=caller(),
         )
+        return await self.run_query(context, service.list_status_changes, query,
+                                    messages.status_changes_page)
 
     # Events go out as bytes made once for every subscriber (see shared.subscribe).
     async def Subscribe(  # type: ignore[override]
@@ -114,8 +88,7 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
         where = Filter.of(
             lead_ids=request.lead_ids, types=request.types, known_types=messages.EVENT_TYPES
         )
-        async for event in subscribe.stream(
-            self.runtime, context, pb.Event, request.after_cursor, where
-        ):
+        async for event in subscribe.stream(self.units.storage, context, pb.Event,
+                                            request.after_cursor, where,
+                                            heartbeat=self.heartbeat_seconds):
             yield event
-

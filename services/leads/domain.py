@@ -10,18 +10,21 @@ of failing on.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
-from services.shared import errors
+from crm.leads.v1 import leads_pb2
+
+from services.shared import errors, rules
 from services.shared.phones import to_e164
 
-MAX_NAME_LENGTH = 200
-MAX_EMAIL_LENGTH = 254
-MAX_BATCH_SIZE = 100
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+# The contract's rules (crm.common.v1.FieldRules on CreateLeadRequest…).
+NAME = rules.of(leads_pb2.CreateLeadRequest, "name")
+EMAIL = rules.of(leads_pb2.CreateLeadRequest, "email")
+MAX_NAME_LENGTH = NAME.max_length
+MAX_EMAIL_LENGTH = EMAIL.max_length
+MAX_BATCH_SIZE = rules.of(leads_pb2.BatchUpdateLeadStatusRequest, "lead_ids").max_items
 
 
 class LeadStatus(StrEnum):
@@ -170,25 +173,21 @@ class Lead:
     ) -> Lead:
         """A NEW lead, or InvalidArgument naming every bad field."""
         found = errors.Violations()
-        name = name.strip()
-        if not name:
+        if not name.strip():
             found.add("name", "is required")
-        elif len(name) > MAX_NAME_LENGTH:
-            found.add("name", f"at most {MAX_NAME_LENGTH} characters")
-        elif any(ord(c) < 32 for c in name):
-            found.add("name", "must not contain control characters")
+        elif (problem := rules.problem(NAME, name)) is not None:
+            found.add("name", problem)
         try:
             phone = to_e164(phone, region)
         except errors.InvalidArgument as error:
             for violation in error.violations:
                 found.add(violation.field, violation.description)
-        email = email.strip()
         if len(email) > MAX_EMAIL_LENGTH:
             found.add("email", f"at most {MAX_EMAIL_LENGTH} characters")
-        elif email and not _EMAIL.match(email):
+        elif not rules.matches(EMAIL, email):
             found.add("email", f"{email!r} is not an email address")
         found.raise_if_any()
-        lead = cls(lead_id, name, phone, email, LeadStatus.NEW, 1, actor, now, now)
+        lead = cls(lead_id, name.strip(), phone, email, LeadStatus.NEW, 1, actor, now, now)
         lead.events.append(LeadCreated(lead.snapshot()))
         return lead
 

@@ -12,11 +12,14 @@ from services.leads.domain import (
     LeadStatusChanged,
     StatusChange,
 )
+from services.leads.service import BatchResult
+from services.shared import phones
 from services.shared.errors import InvalidArgument
 from services.shared.events import EventRecord
-from services.shared.protos import timestamp
+from services.shared.paging import Page
+from services.shared.protos import enum_numbers, timestamp
 
-_TO_PROTO = {status: pb.LeadStatus.Value(status.name) for status in LeadStatus}
+_TO_PROTO = enum_numbers(LeadStatus, pb.LeadStatus.DESCRIPTOR)
 _FROM_PROTO = {number: status for status, number in _TO_PROTO.items()}
 
 EVENT_TYPES = ("lead.created", "lead.status_changed")
@@ -29,7 +32,7 @@ def status(value: LeadStatus) -> int:
 def status_from(number: int, field: str = "status") -> LeadStatus:
     found = _FROM_PROTO.get(number)
     if found is None:
-        names = ", ".join(s.name for s in LeadStatus)
+        names = ", ".join(pb.LeadStatus.Name(n) for n in _FROM_PROTO)
         raise InvalidArgument.field(field, f"must be one of {names}")
     return found
 
@@ -45,6 +48,7 @@ def lead(value: Lead) -> pb.Lead:
         created_by=value.created_by,
         created_at=timestamp(value.created_at),
         updated_at=timestamp(value.updated_at),
+        phone_display=phones.display(value.phone),
     )
 
 
@@ -58,6 +62,22 @@ def status_change(value: StatusChange) -> pb.StatusChange:
         idempotency_key=value.idempotency_key,
         version=value.version,
     )
+
+
+def batch_result(value: BatchResult) -> pb.BatchUpdateLeadStatusResponse:
+    return pb.BatchUpdateLeadStatusResponse(
+        updated_leads=[lead(x) for x in value.updated], unchanged_lead_ids=value.unchanged)
+
+
+def leads_page(found: Page[Lead]) -> pb.ListLeadsResponse:
+    return pb.ListLeadsResponse(leads=[lead(x) for x in found.items],
+                                next_page_token=found.next_token)
+
+
+def status_changes_page(found: Page[tuple[int, StatusChange]]) -> pb.ListStatusChangesResponse:
+    return pb.ListStatusChangesResponse(
+        status_changes=[status_change(change) for _, change in found.items],
+        next_page_token=found.next_token)
 
 
 def event_record(event: LeadEvent) -> EventRecord:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -13,34 +13,36 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Row,
     String,
     Table,
     Text,
     bindparam,
+    delete,
+    func,
     insert,
     select,
     tuple_,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.messaging import messages as convert
 from services.messaging.domain import (
+    ConsentChanged,
     Direction,
     Handoff,
     Message,
+    MessageEvent,
     MessageNotFound,
     MessageStatus,
     Recipient,
 )
 from services.messaging.segments import Encoding
+from services.messaging.templates import MessageTemplate, TemplateEvent, TemplateNotFound
 from services.shared import sql
 from services.shared.db import UTCDateTime, as_utc
-from services.shared.errors import Aborted
-from services.shared.events import EventRecord
-from services.shared.schema import shared_tables
-from services.shared.uow import UnitOfWork
+from services.shared.schema import org_column, shared_tables
+from services.shared.uow import EventMapper, Respond, Storage, UnitOfWork
 
 metadata = MetaData()
 shared = shared_tables(metadata, "messaging")
@@ -66,23 +68,39 @@ messages = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("version", BigInteger, nullable=False),
-    Index("ix_messages_lead_created", "lead_id", "created_at", "message_id"),
-    Index("ix_messages_to_created", "to_phone", "created_at"),
-    Index("ux_messages_provider_message_id", "provider_message_id", unique=True),
+    org_column(),
+    Index("ix_messages_lead_created", "org", "lead_id", "created_at", "message_id"),
+    Index("ix_messages_to_created", "org", "to_phone", "created_at"),
+    Index("ux_messages_provider_message_id", "org", "provider_message_id", unique=True),
 )
 
 recipients = Table(
     "recipients",
     metadata,
-    Column("phone", String(20), primary_key=True),
+    Column("phone", String(20), nullable=False),
     Column("opted_out", Boolean, nullable=False),
     Column("keyword", String(16), nullable=False),
     Column("changed_at", UTCDateTime, nullable=False),
+    org_column(),
+    # A number's consent is per org: a STOP opts it out of the org it texted only.
+    PrimaryKeyConstraint("org", "phone", name="pk_recipients"),
 )
 
 
-class ConcurrentChange(Aborted):
-    reason = "CONCURRENT_CHANGE"
+message_templates = Table(
+    "message_templates",
+    metadata,
+    Column("template_id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_by", String(128), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    org_column(),
+    Index("ix_message_templates_name", "org", "name", "template_id"),
+)
 
 
 def _message(row: Row[Any]) -> Message:
@@ -113,51 +131,57 @@ def _columns(message: Message) -> dict[str, object]:
 
 # The hot statements, built once (see services.shared.sql).
 INSERT_MESSAGE = insert(messages)
-SELECT_MESSAGE = select(messages).where(messages.c.message_id == bindparam("message_id"))
+SELECT_MESSAGE = select(messages).where(messages.c.message_id == bindparam("message_id"),
+                                        messages.c.org == bindparam("org"))
 SELECT_MESSAGE_FOR_UPDATE = SELECT_MESSAGE.with_for_update()
 SELECT_BY_PROVIDER_ID = select(messages).where(
-    messages.c.provider_message_id == bindparam("provider_message_id"))
+    messages.c.provider_message_id == bindparam("provider_message_id"),
+    messages.c.org == bindparam("org"))
 SELECT_BY_PROVIDER_ID_FOR_UPDATE = SELECT_BY_PROVIDER_ID.with_for_update()
 UPDATE_MESSAGE = update(messages).where(
     messages.c.message_id == bindparam("b_message_id"),
     messages.c.version == bindparam("b_version"),
+    messages.c.org == bindparam("b_org"),
 )
-SELECT_RECIPIENT = select(recipients).where(recipients.c.phone == bindparam("phone"))
+SELECT_RECIPIENT = select(recipients).where(recipients.c.phone == bindparam("phone"),
+                                            recipients.c.org == bindparam("org"))
+INSERT_RECIPIENT = insert(recipients)
+UPDATE_RECIPIENT = update(recipients).where(recipients.c.phone == bindparam("b_phone"),
+                                            recipients.c.org == bindparam("b_org"))
 
 
 class SqlMessageRepository:
     """Writes go out with the unit of work's commit on PostgreSQL (see
     UnitOfWork.write): every message saved was read FOR UPDATE first, so none
-    can change meanwhile."""
+    can change meanwhile, and the version guard checks it all the same."""
 
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
-        self.conn = uow.conn
-        self.postgres = uow.postgres
         self.seen: dict[str, Message] = {}
         self._loaded_versions: dict[str, int] = {}
 
     async def add(self, message: Message) -> None:
-        await self.uow.write(INSERT_MESSAGE,
-                             {"message_id": message.message_id, **_columns(message)})
+        await self.uow.write(INSERT_MESSAGE, {"message_id": message.message_id,
+                                              **_columns(message), "org": self.uow.org})
         self.seen[message.message_id] = message
         self._loaded_versions[message.message_id] = message.version
 
     async def get(self, message_id: str, *, for_update: bool = False) -> Message:
-        query = SELECT_MESSAGE_FOR_UPDATE if for_update and self.postgres else SELECT_MESSAGE
-        found = await self._one(query, {"message_id": message_id})
+        query = SELECT_MESSAGE_FOR_UPDATE if for_update and self.uow.postgres else SELECT_MESSAGE
+        found = await self._one(query, {"message_id": message_id, "org": self.uow.org})
         if found is None:
             raise MessageNotFound(message_id)
         return found
 
     async def by_provider_id(self, provider_message_id: str, *,
                              for_update: bool = False) -> Message | None:
-        locking = for_update and self.postgres
+        locking = for_update and self.uow.postgres
         query = SELECT_BY_PROVIDER_ID_FOR_UPDATE if locking else SELECT_BY_PROVIDER_ID
-        return await self._one(query, {"provider_message_id": provider_message_id})
+        return await self._one(query, {"provider_message_id": provider_message_id,
+                                       "org": self.uow.org})
 
     async def _one(self, query: sql.Statement, params: sql.Params) -> Message | None:
-        rows = await sql.fetch(self.conn, query, params)
+        rows = await self.uow.read(query, params)
         if not rows:
             return None
         message = _message(rows[0])
@@ -169,50 +193,54 @@ class SqlMessageRepository:
         loaded = self._loaded_versions[message.message_id]
         if message.version == loaded:
             return
-        changed = await self.uow.write(UPDATE_MESSAGE, {
-            "b_message_id": message.message_id, "b_version": loaded, **_columns(message)})
-        if changed is not None and changed != 1:
-            raise ConcurrentChange(f"message {message.message_id!r} changed concurrently")
+        await self.uow.write(UPDATE_MESSAGE, {
+            "b_message_id": message.message_id, "b_version": loaded, "b_org": self.uow.org,
+            **_columns(message)},
+            expect_rows=1)
         self._loaded_versions[message.message_id] = message.version
 
-    async def history(self, lead_id: str, after: list[object] | None, limit: int) -> list[Message]:
+    async def history(self, lead_id: str, after: tuple[datetime, str] | None, limit: int
+                      ) -> list[Message]:
         """A lead's messages, newest first; `after` is the last (created_at, id) served."""
-        query = select(messages).where(messages.c.lead_id == lead_id)
+        query = select(messages).where(messages.c.lead_id == lead_id,
+                                       messages.c.org == self.uow.org)
         if after is not None:
             query = query.where(
                 tuple_(messages.c.created_at, messages.c.message_id) < tuple_(*after))
         query = query.order_by(messages.c.created_at.desc(),
                                messages.c.message_id.desc()).limit(limit)
-        return [_message(row) for row in await self.conn.execute(query)]
+        return [_message(row) for row in await self.uow.execute(query)]
 
     async def lead_of(self, phone: str) -> str:
         """The lead last texted at `phone`, or "" if none."""
-        row = (await self.conn.execute(
+        rows = await self.uow.execute(
             select(messages.c.lead_id)
-            .where(messages.c.to_phone == phone, messages.c.direction == Direction.OUTBOUND)
+            .where(messages.c.org == self.uow.org, messages.c.to_phone == phone,
+                   messages.c.direction == Direction.OUTBOUND)
             .order_by(messages.c.created_at.desc()).limit(1)
-        )).first()
-        return str(row.lead_id) if row else ""
+        )
+        return str(rows[0].lead_id) if rows else ""
 
     async def known_provider_ids(self, phone: str, since: datetime) -> Collection[str]:
         """Provider ids already recorded for texts to `phone` since `since`."""
-        rows = await self.conn.execute(
+        rows = await self.uow.execute(
             select(messages.c.provider_message_id).where(
-                messages.c.to_phone == phone, messages.c.created_at >= since,
+                messages.c.org == self.uow.org, messages.c.to_phone == phone,
+                messages.c.created_at >= since,
                 messages.c.provider_message_id.is_not(None))
         )
         return {row[0] for row in rows}
 
 
 class SqlRecipientRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
         self.seen: dict[str, Recipient] = {}
         self._stored: set[str] = set()
 
     async def get(self, phone: str, *, now: datetime) -> Recipient:
         """The number's consent; a number never heard from has not opted out."""
-        rows = await sql.fetch(self.conn, SELECT_RECIPIENT, {"phone": phone})
+        rows = await self.uow.read(SELECT_RECIPIENT, {"phone": phone, "org": self.uow.org})
         row = rows[0] if rows else None
         if row is None:
             recipient = Recipient(phone, opted_out=False, keyword="", changed_at=now)
@@ -226,24 +254,108 @@ class SqlRecipientRepository:
         values = {"opted_out": recipient.opted_out, "keyword": recipient.keyword,
                   "changed_at": recipient.changed_at}
         if recipient.phone in self._stored:
-            await self.conn.execute(
-                update(recipients).where(recipients.c.phone == recipient.phone).values(**values))
+            await self.uow.write(UPDATE_RECIPIENT, {"b_phone": recipient.phone,
+                                                    "b_org": self.uow.org, **values},
+                                 expect_rows=1)
         else:
-            await self.conn.execute(insert(recipients).values(phone=recipient.phone, **values))
+            await self.uow.write(INSERT_RECIPIENT, {"phone": recipient.phone, **values,
+                                                    "org": self.uow.org})
             self._stored.add(recipient.phone)
 
 
+def _template(row: Row[Any]) -> MessageTemplate:
+    return MessageTemplate(
+        template_id=row.template_id, name=row.name, body=row.body, created_by=row.created_by,
+        created_at=as_utc(row.created_at), updated_by=row.updated_by,
+        updated_at=as_utc(row.updated_at), version=row.version,
+    )
+
+
+SELECT_TEMPLATE = select(message_templates).where(
+    message_templates.c.template_id == bindparam("template_id"),
+    message_templates.c.org == bindparam("org"))
+COUNT_TEMPLATES = select(func.count()).select_from(message_templates).where(
+    message_templates.c.org == bindparam("org"))
+INSERT_TEMPLATE = insert(message_templates)
+UPDATE_TEMPLATE = update(message_templates).where(
+    message_templates.c.template_id == bindparam("b_template_id"),
+    message_templates.c.version == bindparam("b_version"),
+    message_templates.c.org == bindparam("b_org"))
+DELETE_TEMPLATE = delete(message_templates).where(
+    message_templates.c.template_id == bindparam("b_template_id"),
+    message_templates.c.version == bindparam("b_version"),
+    message_templates.c.org == bindparam("b_org"))
+
+
+class SqlTemplateRepository:
+    """Templates change rarely and one at a time: every change names the version
+    it read (a concurrent change of one template is ABORTED / CONCURRENT_CHANGE)."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+        self.seen: dict[str, MessageTemplate] = {}
+        self._loaded_versions: dict[str, int] = {}
+
+    async def get(self, template_id: str) -> MessageTemplate:
+        rows = await self.uow.read(SELECT_TEMPLATE, {"template_id": template_id,
+                                                     "org": self.uow.org})
+        if not rows:
+            raise TemplateNotFound(template_id)
+        template = _template(rows[0])
+        self.seen[template_id] = template
+        self._loaded_versions[template_id] = template.version
+        return template
+
+    async def add(self, template: MessageTemplate) -> None:
+        await self.uow.write(INSERT_TEMPLATE, {"template_id": template.template_id,
+                                               **self._columns(template), "org": self.uow.org})
+        self.seen[template.template_id] = template
+
+    async def save(self, template: MessageTemplate) -> None:
+        await self.uow.write(UPDATE_TEMPLATE, {
+            "b_template_id": template.template_id, "b_org": self.uow.org,
+            "b_version": self._loaded_versions[template.template_id],
+            **self._columns(template)}, expect_rows=1)
+
+    async def remove(self, template: MessageTemplate) -> None:
+        await self.uow.write(DELETE_TEMPLATE, {
+            "b_template_id": template.template_id, "b_org": self.uow.org,
+            "b_version": self._loaded_versions[template.template_id]}, expect_rows=1)
+
+    async def count(self) -> int:
+        rows = await self.uow.read(COUNT_TEMPLATES, {"org": self.uow.org})
+        return int(rows[0][0])
+
+    async def by_name(self, after: tuple[str, str] | None, limit: int
+                      ) -> list[MessageTemplate]:
+        """By name; `after` is the (name, template_id) of the last template served."""
+        query = select(message_templates).where(message_templates.c.org == self.uow.org)
+        if after is not None:
+            query = query.where(tuple_(message_templates.c.name, message_templates.c.template_id)
+                                > tuple_(*after))
+        query = query.order_by(message_templates.c.name, message_templates.c.template_id)
+        return [_template(row) for row in await self.uow.execute(query.limit(limit))]
+
+    @staticmethod
+    def _columns(template: MessageTemplate) -> dict[str, object]:
+        return {"name": template.name, "body": template.body,
+                "created_by": template.created_by, "created_at": template.created_at,
+                "updated_by": template.updated_by, "updated_at": template.updated_at,
+                "version": template.version}
+
+
 class SqlMessagingUnitOfWork(UnitOfWork):
-    def __init__(self, conn: AsyncConnection, runtime: Any) -> None:
-        super().__init__(conn, runtime)
+    def __init__(self, storage: Storage, *, events: EventMapper,
+                 respond: Respond | None = None) -> None:
+        super().__init__(storage, events=events, respond=respond)
         self.messages = SqlMessageRepository(self)
-        self.recipients = SqlRecipientRepository(conn)
-        self.records: list[EventRecord] = []
+        self.recipients = SqlRecipientRepository(self)
+        self.templates = SqlTemplateRepository(self)
 
-    def collect_events(self) -> list[EventRecord]:
-        found = [convert.event_record(e) for m in self.messages.seen.values()
-                 for e in m.pull_events()]
-        found += [convert.consent_record(e) for r in self.recipients.seen.values()
-                  for e in r.pull_events()]
-        return [*found, *self.records]
-
+    def recorded_events(self) -> Iterator[MessageEvent | ConsentChanged | TemplateEvent]:
+        for message in self.messages.seen.values():
+            yield from message.pull_events()
+        for recipient in self.recipients.seen.values():
+            yield from recipient.pull_events()
+        for template in self.templates.seen.values():
+            yield from template.pull_events()

@@ -1,8 +1,9 @@
-"""The gRPC entrypoint of the messaging service: proto in → use case → proto out."""
+"""The gRPC entrypoint of the messaging service: proto in → command → result → proto out."""
 
 from __future__ import annotations
 
-import uuid
+import dataclasses
+import functools
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
@@ -11,125 +12,103 @@ from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
 
 from services.messaging import messages as convert
+from services.messaging import service
 from services.messaging.adapters import SqlMessagingUnitOfWork
-from services.messaging.breaker import ProviderBreaker
-from services.messaging.domain import PROVIDER_STATUSES, Message, MessageNotFound, consent_keyword
-from services.messaging.providers import SmsProvider
 from services.messaging.sending import SmsSender
-from services.shared import paging, subscribe, validation
-from services.shared.context import current_call
-from services.shared.db import utcnow
-from services.shared.errors import InvalidArgument
+from services.shared import subscribe
+from services.shared.entrypoint import Entrypoint, caller, idempotent, key
 from services.shared.events import Filter
-from services.shared.idempotency import idempotent, reads
-from services.shared.phones import to_e164
-from services.shared.runtime import ServiceRuntime
+from services.shared.paging import PageRequest
+from services.shared.uow import Units
 
 Context: TypeAlias = grpc.aio.ServicerContext
 UoW = SqlMessagingUnitOfWork
-MAX_INBOUND_BODY = 1600
 
 
-class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
-    def __init__(self, runtime: ServiceRuntime, *, sender: SmsSender, provider: SmsProvider,
-                 breaker: ProviderBreaker) -> None:
-        self.runtime = runtime
+class MessagingApi(Entrypoint[UoW], messaging_pb2_grpc.MessagingServiceServicer):
+    def __init__(self, units: Units[UoW], *, sender: SmsSender, leads: service.Leads,
+                 region: str, heartbeat_seconds: float) -> None:
+        super().__init__(units)
         self.sender = sender
-        self.provider = provider
-        self.breaker = breaker
-        self.region = runtime.settings.default_region
+        self.leads = leads
+        self.region = region
+        self.heartbeat_seconds = heartbeat_seconds
 
+    @idempotent
     async def SendSms(self, request: pb.SendSmsRequest, context: Context) -> pb.Message:
-        return await self.sender.send(request, context)
+        command = service.SendSms(lead_id=request.lead_id, body=request.body, caller=caller(),
+                                  key=key(request))
+        # Several transactions, each retried on its own: not one unit of work.
+        sent = await service.send_sms(command, self.units.answering(convert.message),
+                                      self.sender, self.leads,
+                                      time_remaining=context.time_remaining())
+        return await self.answer_result(context, sent, convert.message)
 
-    SendSms.__idempotent__ = True  # type: ignore[attr-defined]
+    async def GetMessage(self, request: pb.GetMessageRequest, context: Context) -> pb.Message:
+        query = service.GetMessage(message_id=request.message_id, caller=caller())
+        return await self.run_query(context, service.get_message, query, convert.message)
 
-    @reads
-    async def GetMessage(self, request: pb.GetMessageRequest, context: Context, uow: UoW
-                         ) -> pb.Message:
-        message_id = validation.identifier(request.message_id, "message_id")
-        return convert.message(await uow.messages.get(message_id))
-
-    @reads
-    async def ListMessages(self, request: pb.ListMessagesRequest, context: Context, uow: UoW
+    async def ListMessages(self, request: pb.ListMessagesRequest, context: Context
                            ) -> pb.ListMessagesResponse:
-        validation.identifier(request.lead_id, "lead_id")
-        size = paging.page_size(request.page_size)
-        query = {"list": "messages", "lead_id": request.lead_id}
-        after = paging.decode_time_and_id(request.page_token, query)
-        found = await uow.messages.history(request.lead_id, list(after) if after else None,
-                                           size + 1)
-        page = found[:size]
-        token = ""
-        if len(found) > size:
-            token = paging.encode_time_and_id(page[-1].created_at, page[-1].message_id, query)
-        return pb.ListMessagesResponse(messages=[convert.message(m) for m in page],
-                                       next_page_token=token)
+        query = service.ListMessages(lead_id=request.lead_id, caller=caller(),
+                                     page=PageRequest(request.page_size, request.page_token))
+        return await self.run_query(context, service.list_messages, query,
+                                    convert.messages_page)
 
     async def GetProviderStatus(self, request: pb.GetProviderStatusRequest, context: Context
                                 ) -> pb.ProviderStatus:
-        return convert.provider_status(self.provider.name, self.breaker.snapshot())
+        return convert.provider_status(self.sender.provider.name, self.sender.breaker.snapshot(),
+                                       self.sender.sms.max_segments)
+
+    async def ListMessageTemplates(self, request: pb.ListMessageTemplatesRequest,
+                                   context: Context) -> pb.ListMessageTemplatesResponse:
+        query = service.ListTemplates(page=PageRequest(request.page_size, request.page_token),
+                                      caller=caller())
+        return await self.run_query(context, service.list_templates, query,
+                                    convert.templates_page)
+
+    @idempotent
+    async def SaveMessageTemplate(self, request: pb.SaveMessageTemplateRequest,
+                                  context: Context) -> pb.MessageTemplate:
+        command = service.SaveTemplate(template_id=request.template_id, name=request.name,
+                                       body=request.body, caller=caller(), key=key(request))
+        return await self.run_command(context, service.save_template, command,
+                                      convert.template)
+
+    @idempotent
+    async def DeleteMessageTemplate(self, request: pb.DeleteMessageTemplateRequest,
+                                    context: Context) -> pb.MessageTemplate:
+        command = service.DeleteTemplate(template_id=request.template_id, caller=caller(),
+                                         key=key(request))
+        return await self.run_command(context, service.delete_template, command,
+                                      convert.template)
 
     @idempotent
     async def ReceiveInboundMessage(
-        self, request: pb.ReceiveInboundMessageRequest, context: Context, uow: UoW
+        self, request: pb.ReceiveInboundMessageRequest, context: Context
     ) -> pb.ReceiveInboundMessageResponse:
-        sender = to_e164(getattr(request, "from"), self.region, field="from")
-        validation.identifier(request.provider_message_id, "provider_message_id")
-        validation.text(request.body, "body", max_length=MAX_INBOUND_BODY)
-        validation.text(request.to, "to", max_length=32)
-        keyword = consent_keyword(request.body)
-        consent = pb.ReceiveInboundMessageResponse.UNCHANGED
-        if keyword is not None:
-            consent = (pb.ReceiveInboundMessageResponse.OPTED_OUT if keyword
-                       else pb.ReceiveInboundMessageResponse.OPTED_IN)
-        known = await uow.messages.by_provider_id(request.provider_message_id)
-        if known is not None:  # the provider delivered the same text again
-            return pb.ReceiveInboundMessageResponse(message=convert.message(known), consent=consent)
-        now = utcnow()
-        lead_id = await uow.messages.lead_of(sender)
-        message = Message.inbound(
-            message_id=_new_id(), lead_id=lead_id, from_=sender, to=request.to, body=request.body,
-            provider=self.provider.name, provider_message_id=request.provider_message_id,
-            actor=current_call().principal, now=now,
+        # A text is the org's that owns the number it was sent to: a STOP opts
+        # its sender out there only (services.messaging.numbers).
+        org = self.sender.sms.numbers.org_texted(request.to, self.region)
+        command = service.ReceiveInbound(
+            from_number=request.from_number, to=request.to, body=request.body,
+            provider_message_id=request.provider_message_id,
+            caller=dataclasses.replace(caller(), org=org), key=key(request),
         )
-        await uow.messages.add(message)
-        if keyword is not None:
-            recipient = await uow.recipients.get(sender, now=now)
-            if recipient.answer(request.body.strip().upper()[:16], opt_out=keyword,
-                                lead_id=lead_id, now=now):
-                await uow.recipients.save(recipient)
-        return pb.ReceiveInboundMessageResponse(message=convert.message(message), consent=consent)
+        receive = functools.partial(service.receive_inbound, region=self.region,
+                                    provider=self.sender.provider.name)
+        return await self.run_command(context, receive, command, convert.inbound)
 
     @idempotent
-    async def RecordDeliveryStatus(
-        self, request: pb.RecordDeliveryStatusRequest, context: Context, uow: UoW
-    ) -> pb.Message:
-        status = PROVIDER_STATUSES.get(request.provider_status.strip().lower())
-        if status is None:
-            raise InvalidArgument.field("provider_status",
-                                        f"unknown status {request.provider_status!r}")
-        validation.identifier(request.message_id, "message_id", required=False)
-        validation.identifier(request.provider_message_id, "provider_message_id", required=False)
-        validation.text(request.error_message, "error_message", max_length=500)
-        if request.message_id:
-            message = await uow.messages.get(request.message_id, for_update=True)
-        elif request.provider_message_id:
-            found = await uow.messages.by_provider_id(request.provider_message_id,
-                                                      for_update=True)
-            if found is None:
-                raise MessageNotFound(request.provider_message_id)
-            message = found
-        else:
-            raise InvalidArgument.field("provider_message_id", "is required")
-        now = utcnow()
-        if request.provider_message_id and not message.provider_message_id:
-            # The callback beat the sender's own record of the provider's answer.
-            message.accepted(request.provider_message_id, status, now)
-        message.advance(status, now=now, error_code=request.error_code,
-                        error_message=request.error_message)
-        await uow.messages.save(message)
-        return convert.message(message)
+    async def RecordDeliveryStatus(self, request: pb.RecordDeliveryStatusRequest,
+                                   context: Context) -> pb.Message:
+        command = service.RecordDeliveryStatus(
+            provider_status=request.provider_status, message_id=request.message_id,
+            provider_message_id=request.provider_message_id, error_code=request.error_code,
+            error_message=request.error_message, caller=caller(), key=key(request),
+        )
+        return await self.run_command(context, service.record_delivery_status, command,
+                                      convert.message)
 
     # Events go out as bytes made once for every subscriber (see shared.subscribe).
     async def Subscribe(  # type: ignore[override]
@@ -137,11 +116,12 @@ class MessagingApi(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> AsyncIterator[pb.Event | bytes]:
         where = Filter.of(lead_ids=request.lead_ids, types=request.types,
                           known_types=convert.EVENT_TYPES)
-        async for event in subscribe.stream(self.runtime, context, pb.Event,
-                                            request.after_cursor, where):
+        async for event in subscribe.stream(self.units.storage, context, pb.Event,
+                                            request.after_cursor, where,
+                                            heartbeat=self.heartbeat_seconds):
             yield event
 
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
+    async def recover_abandoned(self, *, older_than: float = service.ABANDON_AFTER) -> int:
+        """Finish the sends nobody retried (the recovery sweep's round)."""
+        return await service.recover_abandoned(self.units.answering(convert.message),
+                                               self.sender, older_than=older_than)

@@ -11,6 +11,7 @@ from pathlib import Path
 from crm.messaging.v1 import messaging_pb2_grpc
 
 from services.messaging import messages as convert
+from services.messaging import service
 from services.messaging.adapters import SqlMessagingUnitOfWork, shared
 from services.messaging.api import MessagingApi
 from services.messaging.breaker import BreakerSnapshot, BreakerState, ProviderBreaker
@@ -19,7 +20,6 @@ from services.messaging.sending import SmsSender
 from services.messaging.settings import SmsSettings
 from services.shared import metrics
 from services.shared.clients import open_channel
-from services.shared.db import retrying
 from services.shared.lead_lookup import LeadLookup
 from services.shared.runtime import ServiceRuntime
 from services.shared.server import ServiceSpec
@@ -38,69 +38,60 @@ def provider_from(sms: SmsSettings) -> SmsProvider:
     )
 
 
-async def build(runtime: ServiceRuntime) -> MessagingApi:
-    sms = SmsSettings.from_env(runtime.settings.environ)
+async def build(runtime: ServiceRuntime[SqlMessagingUnitOfWork]) -> MessagingApi:
     settings = runtime.settings
+    sms = SmsSettings.from_env(settings.environ)
     provider = provider_from(sms)
-    pending: set[asyncio.Task[None]] = set()
+    runtime.closers.append(provider.close)
+    recording: set[asyncio.Task[None]] = set()
 
     def on_change(snapshot: BreakerSnapshot) -> None:
         metrics.BREAKER_TRANSITIONS.labels(snapshot.state.value).inc()
         log.warning("the SMS provider's breaker is %s", snapshot.state.value,
                     extra={"failure_count": snapshot.failure_count})
         task = asyncio.get_running_loop().create_task(
-            _record_breaker_change(runtime, provider.name, snapshot))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+            _record_breaker_change(runtime, provider.name, snapshot, sms.max_segments))
+        recording.add(task)
+        task.add_done_callback(recording.discard)
 
     breaker = ProviderBreaker(sms.breaker_fail_max, sms.breaker_reset_seconds,
                               is_failure=is_transient, on_change=on_change)
     metrics.BREAKER_STATE.set_function(lambda: _GAUGE[breaker.snapshot().state])
     channel = open_channel(settings.targets["leads"], token=settings.service_token,
                            tls_ca=settings.tls.ca)
-    sender = SmsSender(runtime, provider=provider, breaker=breaker, leads=LeadLookup(channel),
-                       sms=sms)
-    sweep = asyncio.create_task(_sweep(sender, settings.housekeeping_seconds),
-                                name="sms-recovery")
+    runtime.closers.append(channel.close)
+    sender = SmsSender(provider=provider, breaker=breaker, sms=sms, public_url=settings.public_url)
+    api = MessagingApi(runtime.units, sender=sender, leads=LeadLookup(channel),
+                       region=settings.default_region,
+                       heartbeat_seconds=settings.heartbeat_seconds)
+    sweep = asyncio.create_task(_sweep(api, settings.housekeeping_seconds), name="sms-recovery")
 
-    async def close() -> None:
+    async def stop_sweeping() -> None:
         sweep.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweep
-        for task in list(pending):
+        for task in list(recording):
             with contextlib.suppress(Exception):
                 await task
-        await channel.close()
-        await provider.close()
 
-    runtime.parts["closers"] = [close]
-    runtime.parts["sender"] = sender
+    runtime.closers.append(stop_sweeping)
     log.info("SMS through %s", provider.name, extra={"max_segments": sms.max_segments})
-    return MessagingApi(runtime, sender=sender, provider=provider, breaker=breaker)
+    return api
 
 
-async def _record_breaker_change(runtime: ServiceRuntime, provider: str,
-                                 snapshot: BreakerSnapshot) -> None:
-    status = convert.provider_status(provider, snapshot)
-
-    async def write() -> None:
-        async with runtime.db.transaction(write=True) as conn:
-            uow = runtime.unit_of_work(conn)
-            assert isinstance(uow, SqlMessagingUnitOfWork)
-            uow.records.append(convert.provider_record(status, actor="messaging"))
-            await uow.commit()
-
+async def _record_breaker_change(runtime: ServiceRuntime[SqlMessagingUnitOfWork], provider: str,
+                                 snapshot: BreakerSnapshot, max_segments: int) -> None:
     try:
-        await retrying(write, time_remaining=10)
+        await service.record_provider_state(runtime.units, provider, snapshot, max_segments)
     except Exception:
         log.warning("could not record the breaker's change", exc_info=True)
 
 
-async def _sweep(sender: SmsSender, interval: float) -> None:
+async def _sweep(api: MessagingApi, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await sender.recover_abandoned()
+            await api.recover_abandoned()
         except Exception:
             log.warning("the SMS recovery sweep failed; will try again", exc_info=True)
 
@@ -111,6 +102,7 @@ SPEC = ServiceSpec(
     tables=shared,
     migrations=Path(__file__).parent / "migrations",
     uow_class=SqlMessagingUnitOfWork,
+    events=convert.event_record,
     build=build,
     register=messaging_pb2_grpc.add_MessagingServiceServicer_to_server,
 )

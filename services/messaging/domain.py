@@ -22,12 +22,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
+from crm.messaging.v1 import messaging_pb2
+
 from services.messaging.segments import Encoding, Measure, measure
-from services.shared import errors, validation
+from services.shared import errors, rules, validation
 
 MIN_SEGMENTS, MAX_SEGMENTS = 1, 10
 # Twilio refuses longer bodies whatever they cost in segments.
-MAX_BODY_CHARACTERS = 1600
+MAX_BODY_CHARACTERS = rules.of(messaging_pb2.SendSmsRequest, "body").max_length
 
 OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
@@ -48,7 +50,8 @@ class MessageStatus(StrEnum):
     RECEIVED = "received"
 
 
-_RANK = {
+# How far along Twilio's order each status is: a message never moves back.
+RANK = {
     MessageStatus.QUEUED: 1,
     MessageStatus.SENDING: 2,
     MessageStatus.SENT: 3,
@@ -251,7 +254,7 @@ class Message:
         error_message: str = "",
     ) -> bool:
         """Move to `status` if that is forward; a late or repeated report changes nothing."""
-        if _RANK[status] <= _RANK[self.status]:
+        if RANK[status] <= RANK[self.status]:
             return False
         previous = self.status
         self.status = status

@@ -13,20 +13,27 @@ from services.messaging.domain import (
     MessageCreated,
     MessageEvent,
     MessageStatus,
-    MessageStatusChanged,
 )
 from services.messaging.segments import Encoding
+from services.messaging.service import Inbound, ProviderStateChanged
+from services.messaging.templates import (
+    MessageTemplate,
+    TemplateDeleted,
+    TemplateEvent,
+    TemplateSaved,
+)
 from services.shared.events import EventRecord
-from services.shared.protos import timestamp
+from services.shared.paging import Page
+from services.shared.protos import enum_numbers, timestamp
 
 EVENT_TYPES = ("message.created", "message.status_changed", "recipient.opted_out",
-               "recipient.opted_in", "provider.state_changed")
+               "recipient.opted_in", "provider.state_changed", "template.saved",
+               "template.deleted")
 
-_STATUS = {s: pb.MessageStatus.Value(s.name) for s in MessageStatus}
-_DIRECTION = {d: pb.Direction.Value(d.name) for d in Direction}
-_ENCODING = {Encoding.GSM_7: pb.GSM_7, Encoding.UCS_2: pb.UCS_2}
-_BREAKER = {BreakerState.CLOSED: pb.CLOSED, BreakerState.OPEN: pb.OPEN,
-            BreakerState.HALF_OPEN: pb.HALF_OPEN}
+_STATUS = enum_numbers(MessageStatus, pb.MessageStatus.DESCRIPTOR)
+_DIRECTION = enum_numbers(Direction, pb.Direction.DESCRIPTOR)
+_ENCODING = enum_numbers(Encoding, pb.Encoding.DESCRIPTOR)
+_BREAKER = enum_numbers(BreakerState, pb.BreakerState.DESCRIPTOR)
 
 
 def message(value: Message) -> pb.Message:
@@ -46,12 +53,14 @@ def message(value: Message) -> pb.Message:
         created_by=value.created_by,
         created_at=timestamp(value.created_at),
         updated_at=timestamp(value.updated_at),
-        **{"from": value.from_},
+        from_number=value.from_,
     )
 
 
-def provider_status(provider: str, snapshot: BreakerSnapshot) -> pb.ProviderStatus:
+def provider_status(provider: str, snapshot: BreakerSnapshot, max_segments: int
+                    ) -> pb.ProviderStatus:
     return pb.ProviderStatus(
+        max_segments=max_segments,
         provider=provider,
         state=_BREAKER[snapshot.state],  # type: ignore[arg-type]
         failure_count=snapshot.failure_count,
@@ -69,9 +78,34 @@ def provider_status(provider: str, snapshot: BreakerSnapshot) -> pb.ProviderStat
     )
 
 
-def event_record(event: MessageEvent) -> EventRecord:
+def inbound(value: Inbound) -> pb.ReceiveInboundMessageResponse:
+    consent = pb.ReceiveInboundMessageResponse.CONSENT_UNCHANGED
+    if value.opt_out is not None:
+        consent = (pb.ReceiveInboundMessageResponse.CONSENT_OPTED_OUT if value.opt_out
+                   else pb.ReceiveInboundMessageResponse.CONSENT_OPTED_IN)
+    return pb.ReceiveInboundMessageResponse(message=message(value.message), consent=consent)
+
+
+def messages_page(found: Page[Message]) -> pb.ListMessagesResponse:
+    return pb.ListMessagesResponse(messages=[message(m) for m in found.items],
+                                   next_page_token=found.next_token)
+
+
+def templates_page(found: Page[MessageTemplate]) -> pb.ListMessageTemplatesResponse:
+    return pb.ListMessageTemplatesResponse(templates=[template(t) for t in found.items],
+                                           next_page_token=found.next_token)
+
+
+def event_record(event: MessageEvent | ConsentChanged | ProviderStateChanged | TemplateEvent
+                 ) -> EventRecord:
+    """Any event of the messaging service, as its event log keeps it."""
+    if isinstance(event, TemplateSaved | TemplateDeleted):
+        return _template_record(event)
+    if isinstance(event, ConsentChanged):
+        return _consent_record(event)
+    if isinstance(event, ProviderStateChanged):
+        return _provider_record(event)
     kind = "message.created" if isinstance(event, MessageCreated) else "message.status_changed"
-    assert isinstance(event, MessageCreated | MessageStatusChanged)
     value = event.message
     at = value.created_at if isinstance(event, MessageCreated) else value.updated_at
     payload = pb.Event(type=kind, actor=value.created_by, lead_id=value.lead_id,
@@ -82,7 +116,27 @@ def event_record(event: MessageEvent) -> EventRecord:
                        subject_id=value.message_id)
 
 
-def consent_record(event: ConsentChanged) -> EventRecord:
+def template(value: MessageTemplate) -> pb.MessageTemplate:
+    return pb.MessageTemplate(
+        template_id=value.template_id, name=value.name, body=value.body,
+        created_by=value.created_by, created_at=timestamp(value.created_at),
+        updated_by=value.updated_by, updated_at=timestamp(value.updated_at),
+        version=value.version,
+    )
+
+
+def _template_record(event: TemplateEvent) -> EventRecord:
+    kind = "template.saved" if isinstance(event, TemplateSaved) else "template.deleted"
+    value = event.template
+    at = value.updated_at
+    actor = value.updated_by
+    payload = pb.Event(type=kind, actor=actor, occurred_at=timestamp(at),
+                       template=template(value))
+    return EventRecord(type=kind, actor=actor, occurred_at=at,
+                       payload=payload.SerializeToString(), subject_id=value.template_id)
+
+
+def _consent_record(event: ConsentChanged) -> EventRecord:
     recipient = event.recipient
     kind = "recipient.opted_out" if recipient.opted_out else "recipient.opted_in"
     payload = pb.Event(type=kind, actor=recipient.phone, lead_id=event.lead_id,
@@ -92,11 +146,10 @@ def consent_record(event: ConsentChanged) -> EventRecord:
                        payload=payload.SerializeToString(), lead_id=event.lead_id or None)
 
 
-def provider_record(status: pb.ProviderStatus, actor: str) -> EventRecord:
-    from services.shared.db import utcnow
-
-    at = utcnow()
-    payload = pb.Event(type="provider.state_changed", actor=actor, occurred_at=timestamp(at),
-                       provider=status)
-    return EventRecord(type="provider.state_changed", actor=actor, occurred_at=at,
+def _provider_record(event: ProviderStateChanged) -> EventRecord:
+    kind = "provider.state_changed"
+    payload = pb.Event(type=kind, actor=event.actor, occurred_at=timestamp(event.at),
+                       provider=provider_status(event.provider, event.snapshot,
+                                                event.max_segments))
+    return EventRecord(type=kind, actor=event.actor, occurred_at=event.at,
                        payload=payload.SerializeToString())

@@ -17,12 +17,20 @@ different answer:
 `find` looks for a message this service already handed over: Twilio's newest
 messages to the number, from our number, created since the intent, with the
 same body, and not already known under another of our messages.
+
+A request given up on must never reach Twilio later. After an ordinary close
+the kernel keeps retransmitting what Twilio has not acknowledged, so across a
+network partition a request abandoned on timeout could land after its message
+was looked up, not found and sent again: the text twice. Sockets to Twilio
+therefore close with a reset (SO_LINGER 0), which discards what is unsent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import uuid
 from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
@@ -70,10 +78,12 @@ class SmsProvider(Protocol):
     name: str
     from_number: str
 
-    async def send(self, *, to: str, body: str, status_callback: str | None) -> Receipt: ...
+    async def send(self, *, to: str, body: str, status_callback: str | None,
+                   from_number: str | None = None) -> Receipt: ...
 
     async def find(
-        self, *, to: str, body: str, since: datetime, known: Collection[str]
+        self, *, to: str, body: str, since: datetime, known: Collection[str],
+        from_number: str | None = None,
     ) -> Receipt | None: ...
 
     async def close(self) -> None: ...
@@ -87,13 +97,15 @@ class ConsoleProvider:
     def __init__(self, from_number: str = "") -> None:
         self.from_number = from_number
 
-    async def send(self, *, to: str, body: str, status_callback: str | None) -> Receipt:
+    async def send(self, *, to: str, body: str, status_callback: str | None,
+                   from_number: str | None = None) -> Receipt:
         sid = f"CONSOLE{uuid.uuid4().hex}"
         log.info("SMS to %s: %s", to, body, extra={"provider_message_id": sid})
         return Receipt(sid, MessageStatus.DELIVERED)
 
     async def find(
-        self, *, to: str, body: str, since: datetime, known: Collection[str]
+        self, *, to: str, body: str, since: datetime, known: Collection[str],
+        from_number: str | None = None,
     ) -> Receipt | None:
         # Sending to the console cannot fail half-way, so nothing is ever in doubt.
         return None
@@ -116,23 +128,30 @@ class TwilioProvider:
 
         self.from_number = from_number
         self._timeout = timeout
-        self._http = AsyncTwilioHttpClient()
+        self._http = AsyncTwilioHttpClient(pool_connections=False)
+        self._http.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(socket_factory=abortive_socket))
         self._client = Client(account_sid, auth_token, http_client=self._http)
         # Every Messages URL is built from the api domain's base URL.
         self._client.api.base_url = api_base_url.rstrip("/")
 
-    async def send(self, *, to: str, body: str, status_callback: str | None) -> Receipt:
-        options: dict[str, str] = {"to": to, "from_": self.from_number, "body": body}
+    async def send(self, *, to: str, body: str, status_callback: str | None,
+                   from_number: str | None = None) -> Receipt:
+        """Text `to` from `from_number` (its org's number), else the one configured."""
+        options: dict[str, str] = {"to": to, "from_": from_number or self.from_number,
+                                   "body": body}
         if status_callback:
             options["status_callback"] = status_callback
         message = await self._call(self._client.messages.create_async(**options))
         return Receipt(message.sid, _status(message.status))
 
     async def find(
-        self, *, to: str, body: str, since: datetime, known: Collection[str]
+        self, *, to: str, body: str, since: datetime, known: Collection[str],
+        from_number: str | None = None,
     ) -> Receipt | None:
         recent = await self._call(
-            self._client.messages.list_async(to=to, from_=self.from_number, limit=LOOKUP_DEPTH)
+            self._client.messages.list_async(to=to, from_=from_number or self.from_number,
+                                             limit=LOOKUP_DEPTH)
         )
         earliest = since - CLOCK_SKEW
         matches = [
@@ -167,6 +186,14 @@ class TwilioProvider:
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise ProviderUnavailable(f"no answer from Twilio: {error!r}",
                                       maybe_sent=True) from error
+
+
+def abortive_socket(address: tuple[int, int, int, str, tuple[object, ...]]) -> socket.socket:
+    """A socket whose close resets the connection, discarding what is not yet delivered."""
+    family, kind, proto, _, _ = address
+    made = socket.socket(family=family, type=kind, proto=proto)
+    made.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return made
 
 
 def _classify(status: int, code: int, message: str) -> Exception:

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from services.messaging.breaker import CircuitOpen, ProviderBreaker
+from services.shared.retry import backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,15 +43,13 @@ T = TypeVar("T")
 # Seconds the deadline must leave for an attempt after a delay, for the delay
 # to be worth sleeping: one round trip to the provider's API.
 NEXT_ATTEMPT_ALLOWANCE = 0.5
-# 2**60 seconds is past any cap; bigger exponents only risk float overflow.
-_MAX_EXPONENT = 60
 
 
 def backoff_delay(
     retry: int, *, base_delay: float, max_delay: float, rng: Callable[[], float]
 ) -> float:
     """The delay before retry number `retry` (0 for the first): full jitter."""
-    return rng() * min(max_delay, base_delay * 2.0 ** min(retry, _MAX_EXPONENT))
+    return backoff(retry, base_delay, max_delay, rng=rng)
 
 
 async def send_with_retries(

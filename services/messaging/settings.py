@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from services.messaging.domain import MAX_SEGMENTS, MIN_SEGMENTS
+from services.messaging.numbers import Numbers
 from services.shared.config import ConfigError, Env, integer, number
 
 TWILIO_API = "https://api.twilio.com"
@@ -25,6 +26,8 @@ class SmsSettings:
     twilio_auth_token: str = field(default="", repr=False)
     twilio_from_number: str = ""
     twilio_api_base_url: str = TWILIO_API
+    # Which org texts from which number (CRM_SMS_FROM_NUMBERS; services.messaging.numbers).
+    numbers: Numbers = field(default_factory=Numbers)
 
     @property
     def uses_twilio(self) -> bool:
@@ -46,12 +49,17 @@ class SmsSettings:
             twilio_auth_token=env.str("TWILIO_AUTH_TOKEN"),
             twilio_from_number=env.str("TWILIO_FROM_NUMBER"),
             twilio_api_base_url=env.str("TWILIO_API_BASE_URL", TWILIO_API),
+            numbers=Numbers.parse(env.str("CRM_SMS_FROM_NUMBERS")),
         )
         credentials = {"TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
                        "TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
                        "TWILIO_FROM_NUMBER": settings.twilio_from_number}
+        if settings.numbers.mapped:
+            # Each org's number is its own; TWILIO_FROM_NUMBER is then not needed.
+            credentials.pop("TWILIO_FROM_NUMBER")
         missing = [name for name, value in credentials.items() if not value]
         if 0 < len(missing) < len(credentials):
             raise ConfigError(f"{', '.join(missing)}: set all of TWILIO_ACCOUNT_SID, "
-                              "TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER, or none for the console")
+                              "TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER (or CRM_SMS_FROM_NUMBERS), "
+                              "or none for the console")
         return settings

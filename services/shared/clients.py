@@ -6,8 +6,9 @@
 
 A channel from here attaches the bearer token to every call, balances
 round-robin over every address of a `dns:///` target, gives every call a
-deadline (10 s unless the call sets its own; none on Subscribe streams), and
-retries UNAVAILABLE with exponential backoff as declared in its service config.
+deadline (10 s unless the call sets its own; none on the long streams:
+Subscribe and the health service's Watch), and retries UNAVAILABLE with
+exponential backoff as declared in its service config.
 gRPC's own retries resend the same metadata, so one idempotency key covers
 every attempt of one logical call.
 
@@ -47,7 +48,8 @@ SERVICE_CONFIG = json.dumps(
             {"name": [{}], "timeout": DEFAULT_TIMEOUT, "retryPolicy": RETRY_POLICY},
             # Streams live as long as the subscriber wants: no default deadline.
             {
-                "name": [{"service": s, "method": "Subscribe"} for s in SERVICES],
+                "name": [{"service": s, "method": "Subscribe"} for s in SERVICES]
+                + [{"service": "grpc.health.v1.Health", "method": "Watch"}],
                 "retryPolicy": RETRY_POLICY,
             },
         ],

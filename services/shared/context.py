@@ -6,8 +6,13 @@ lines read them from here instead of passing them through every signature.
 
 from __future__ import annotations
 
+import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+from services.shared.auth import Caller
+
+NOBODY = Caller("")
 
 
 @dataclass(frozen=True)
@@ -16,8 +21,12 @@ class Call:
     # The full gRPC method, as in "/crm.leads.v1.LeadsService/GetLead".
     method: str
     request_id: str
-    principal: str = ""
+    caller: Caller = NOBODY
     idempotency_key: str = ""
+
+    @property
+    def principal(self) -> str:
+        return self.caller.principal
 
     @property
     def rpc(self) -> str:
@@ -44,4 +53,7 @@ def enter(call: Call) -> object:
 
 
 def leave(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
+    # A stream whose client went away is closed by the event loop's finalizer, in
+    # a context of its own: there is no call of ours to restore there.
+    with contextlib.suppress(ValueError):
+        _current.reset(token)  # type: ignore[arg-type]

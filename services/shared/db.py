@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.types import DateTime, TypeDecorator
 
 from services.shared.errors import Unavailable
+from services.shared.retry import backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,8 +72,12 @@ def as_utc(value: datetime | None) -> Any:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False,
+                 group_commit: int = 0) -> None:
         self.url = make_url(url)
+        # PostgreSQL: the most write calls one commit carries (services.shared.group_commit);
+        # 0 or 1: every call commits alone.
+        self.group_commit = group_commit
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
             database = self.url.database or ""
@@ -118,17 +123,44 @@ class Database:
         async with self.engine.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(crm_write=write)
+                await conn.begin()  # BEGIN IMMEDIATE for a write (see _configure_sqlite)
             elif not write:
                 # A read needs no BEGIN and ROLLBACK, two round trips of its own.
                 # Every read here is one statement, or statements that stay
                 # correct without one snapshot (the event log's prefix property).
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.begin()
+            # PostgreSQL: psycopg begins the transaction with its first statement
+            # (services.shared.sql sends them to it directly), so SQLAlchemy's own
+            # begin, a greenlet hop that sends nothing, is left out; a statement run
+            # through SQLAlchemy begins its books as it goes. Whatever is left open
+            # is rolled back here, or by the pool as the connection goes back.
             try:
                 yield conn
             finally:
                 if conn.in_transaction():
                     await conn.rollback()
+
+    async def ping(self, within: float) -> None:
+        """Reach the database afresh and run `SELECT 1`; raises if it cannot `within` seconds.
+
+        On PostgreSQL this is a new connection, not one of the pool's: a busy
+        pool says nothing about whether the database can be reached, and a
+        pooled connection cut off by a partition would only hang.
+        """
+        async def probe() -> None:
+            if self.is_sqlite:
+                async with self.engine.connect() as pooled:
+                    await pooled.exec_driver_sql("SELECT 1")
+                return
+            fresh = await psycopg.AsyncConnection.connect(
+                self.libpq_conninfo(), autocommit=True,
+                connect_timeout=max(2, math.ceil(within)))
+            try:
+                await fresh.execute("SELECT 1")
+            finally:
+                await fresh.close()
+
+        await bounded(probe, within)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -175,9 +207,33 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, psycopg.OperationalError)
 
 
-def backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * 2**attempt))
+async def bounded(work: Callable[[], Awaitable[T]], seconds: float) -> T:
+    """`work()`, or TimeoutError after `seconds`, without waiting for it to unwind.
+
+    A query cut off by a network partition unwinds slowly: psycopg first asks
+    the server to cancel it, over the network that no longer answers, for up
+    to ten seconds. The caller's answer must not wait for that, so the work
+    is cancelled and left to finish unwinding on its own (its connection is
+    then closed, not returned to the pool as if nothing happened).
+    """
+    task = asyncio.ensure_future(work())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_unwound)
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    task.add_done_callback(_unwound)
+    raise TimeoutError
+
+
+def _unwound(task: asyncio.Future[Any]) -> None:
+    """Collect how abandoned work ended, so that no error of it goes unretrieved."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.info("abandoned database work ended", extra={"error": repr(error)[:300]})
 
 
 async def retrying(
@@ -198,8 +254,7 @@ async def retrying(
     attempt = 0
     while True:
         try:
-            async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                return await work()
+            return await bounded(work, max(0.001, deadline - time.monotonic()))
         except TimeoutError as error:
             raise Unavailable(f"{what} did not answer in time", reason="DATABASE_UNAVAILABLE",
                               retry_after=1.0) from error

@@ -11,6 +11,8 @@ branch maps to:
     ├── Aborted              ABORTED              stale versions, a key in use
     ├── OutOfRange           OUT_OF_RANGE         cursors past retention
     ├── Unauthenticated      UNAUTHENTICATED
+    ├── PermissionDenied     PERMISSION_DENIED    a caller whose role may not do this
+    ├── ResourceExhausted    RESOURCE_EXHAUSTED   a limit reached; may carry retry_after
     └── Unavailable          UNAVAILABLE          transient; may carry retry_after
 
 Every error has a `reason` (UPPER_SNAKE_CASE, the ErrorInfo reason), a message
@@ -110,6 +112,25 @@ class OutOfRange(DomainError):
 
 class Unauthenticated(DomainError):
     reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(DomainError):
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
 
 
 class Unavailable(DomainError):

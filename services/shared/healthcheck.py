@@ -3,7 +3,9 @@
     python -m services.shared.healthcheck 127.0.0.1:50051 [service-name]
 
 Exits 0 when SERVING, 1 otherwise (not serving, draining, or no answer in
-3 s): what a container health check or a load balancer's probe needs.
+3 s): what a container health check or a load balancer's probe needs. The
+overall status ("") is NOT_SERVING while the service cannot reach its
+database; ask for `liveness` to learn only whether the process answers.
 """
 
 from __future__ import annotations

@@ -5,6 +5,16 @@ errors to statuses, an access log line and metrics.
 Which calls need what comes from the contract: health and reflection need
 nothing; methods marked `idempotency_level = NO_SIDE_EFFECTS` need a token;
 every other method needs a token and an `idempotency-key`.
+
+Who may call what is `services.shared.roles`: a caller whose role may not call
+the method is refused PERMISSION_DENIED / ROLE_FORBIDS (before its idempotency
+key is looked at), with ErrorInfo metadata `role` and `required_role`.
+
+The caller acts in the org its credentials name. A `service` caller acting on a
+user's behalf names the user's org in `x-crm-org` metadata and then acts in it;
+from anyone else `x-crm-org` is refused PERMISSION_DENIED / ROLE_FORBIDS (a
+user's org is the one of its credentials, never one it asks for), and a value
+that is not an org name is INVALID_ARGUMENT / INVALID_ORG.
 """
 
 from __future__ import annotations
@@ -12,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any
 
@@ -25,7 +34,17 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 
-from services.shared import context, errors, metrics, status
+from services.shared import context, errors, metrics, roles, status
+from services.shared.auth import (
+    ADMIN,
+    AGENT,
+    ORG_METADATA,
+    SERVICE,
+    VIEWER,
+    Caller,
+    Tokens,
+    org_name,
+)
 from services.shared.idempotency import KeyMissing, check_key
 
 log = logging.getLogger("crm.access")
@@ -48,36 +67,6 @@ def kind_of(method: str) -> Kind:
         return Kind.READ
     level = found.GetOptions().idempotency_level
     return Kind.READ if level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS else Kind.MUTATING
-
-
-class Unauthenticated(errors.Unauthenticated):
-    def __init__(self, why: str) -> None:
-        super().__init__(
-            f"{why}; send `authorization: Bearer <token>` with a token from CRM_API_TOKENS",
-            reason="INVALID_TOKEN" if "not accepted" in why else "MISSING_CREDENTIALS",
-        )
-
-
-class Tokens:
-    """Accepted bearer tokens. Looked up by digest, so timing reveals nothing of them."""
-
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._by_digest = {_digest(t): principal for t, principal in tokens.items()}
-
-    def principal(self, authorization: str | None) -> str:
-        if not authorization:
-            raise Unauthenticated("no credentials")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("the authorization is not a Bearer token")
-        principal = self._by_digest.get(_digest(token.strip()))
-        if principal is None:
-            raise Unauthenticated("the token is not accepted")
-        return principal
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -171,6 +160,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     "code": code, "ms": round(elapsed * 1000, 2), "rpc": rpc,
                     "request_id": facts.request_id if facts else "",
                     "principal": facts.principal if facts else "",
+                    "org": facts.caller.org if facts else "",
+                    "role": facts.caller.role if facts else "",
                 })
             if entered is not None:
                 context.leave(entered)
@@ -186,7 +177,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _begin(self, ctx: grpc.aio.ServicerContext, method: str, kind: Kind) -> context.Call:
         headers = dict(ctx.invocation_metadata() or ())
         key = ""
-        principal = self.tokens.principal(headers.get("authorization"))
+        caller = acting(self.tokens.caller(headers.get("authorization")),
+                        headers.get(ORG_METADATA))
+        permit(caller, method)
         if kind is Kind.MUTATING:
             if "idempotency-key" not in headers:
                 raise KeyMissing()
@@ -195,9 +188,46 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self.service,
             method,
             (headers.get("x-request-id") or uuid.uuid4().hex)[:128],
-            principal=principal,
+            caller=caller,
             idempotency_key=key,
         )
+
+
+def acting(caller: Caller, org: str | None) -> Caller:
+    """The caller as it acts: in the org a service names for it (`x-crm-org`)."""
+    if org is None:
+        return caller
+    if caller.role != SERVICE:
+        raise errors.PermissionDenied(
+            f"{ORG_METADATA} is honoured from services only; {caller.principal} acts in the "
+            "org of its credentials",
+            reason="ROLE_FORBIDS", metadata={"role": caller.role, "required_role": SERVICE})
+    try:
+        return caller.in_org(org_name(org))
+    except ValueError as why:
+        raise errors.InvalidArgument(f"{ORG_METADATA} metadata: {why}",
+                                     reason="INVALID_ORG") from None
+
+
+_RANKED = (VIEWER, AGENT, ADMIN, SERVICE)
+
+
+def permit(caller: Caller, method: str) -> None:
+    """Nothing if the caller's role may call `method`; PERMISSION_DENIED if not."""
+    allowed = roles.allowed(method)
+    if caller.role in allowed:
+        return
+    rpc = method.rsplit("/", 1)[-1]
+    needed = next((role for role in _RANKED if role in allowed), "")
+    if needed == SERVICE:
+        why = f"{rpc} is for services only (CRM_SERVICE_PRINCIPALS)"
+    elif needed:
+        why = f"{rpc} changes data, which the role {caller.role} may not do"
+    else:
+        why = f"{rpc} has no role decision: nobody may call it"
+    raise errors.PermissionDenied(
+        f"{why}; {caller.principal} has the role {caller.role}",
+        reason="ROLE_FORBIDS", metadata={"role": caller.role, "required_role": needed})
 
 
 class _Malformed:

@@ -5,6 +5,10 @@ stored under the caller's idempotency key); a leads service that does not
 answer is transient (UNAVAILABLE / LEADS_UNAVAILABLE, never INTERNAL), so the
 caller's retry runs again. The channel's service config already retries
 UNAVAILABLE with backoff within the deadline.
+
+The lookup is made on behalf of the caller, in its org: the service's own
+credentials, with the caller's org in `x-crm-org` (honoured from a service
+only). Another org's lead is LEAD_NOT_FOUND, as a missing one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import grpc
 from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 
 from services.shared import errors, validation
+from services.shared.auth import ORG_METADATA
 from services.shared.context import maybe_call
 
 
@@ -43,7 +48,8 @@ class LeadLookup:
     async def get(self, lead_id: str, *, deadline_seconds: float | None) -> LeadContact:
         validation.identifier(lead_id, "lead_id")
         call = maybe_call()
-        metadata = (("x-request-id", call.request_id),) if call else ()
+        metadata = (("x-request-id", call.request_id), (ORG_METADATA, call.caller.org)
+                    ) if call else ()
         try:
             lead = await self._leads.GetLead(
                 leads_pb2.GetLeadRequest(lead_id=lead_id), timeout=deadline_seconds,

@@ -20,6 +20,9 @@ EVENTS_WRITTEN = Counter("crm_events_written_total", "Events appended to the log
 EVENTS_DELIVERED = Counter(
     "crm_events_delivered_total", "Events sent to subscribers (bookmarks excluded).", ["service"]
 )
+DATABASE_UP = Gauge(
+    "crm_database_up", "1 while the last probe reached the database, else 0.", ["service"]
+)
 SUBSCRIBERS = Gauge("crm_subscribers", "Open Subscribe streams.", ["service"])
 BREAKER_STATE = Gauge(
     "crm_sms_breaker_state", "The SMS provider's breaker: 0 closed, 1 open, 2 half-open."
@@ -29,4 +32,10 @@ BREAKER_TRANSITIONS = Counter(
 )
 SMS_SENDS = Counter(
     "crm_sms_provider_calls_total", "Calls to the SMS provider, by result.", ["result"]
+)
+GROUP_COMMIT_CALLS = Histogram(
+    "crm_group_commit_calls",
+    "Write calls per PostgreSQL write transaction (group commit; 1: a call alone).",
+    ["service"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )

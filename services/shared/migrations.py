@@ -73,7 +73,22 @@ async def upgrade(db: Database, service: str, scripts: Path, revision: str = "he
 
 async def _run(db: Database, service: str, scripts: Path, revision: str) -> None:
     async with db.engine.connect() as conn:
-        await _upgrade_on(conn, service, scripts, revision)
+        # SQLite alters a table by making it again: a foreign key naming it would
+        # refuse the old one's DROP. Off for the migration (outside any
+        # transaction, where SQLite heeds it), on again after.
+        await conn.run_sync(_foreign_keys, False)
+        try:
+            await _upgrade_on(conn, service, scripts, revision)
+        finally:
+            await conn.run_sync(_foreign_keys, True)
+
+
+def _foreign_keys(sync: Connection, on: bool) -> None:
+    cursor = sync.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    finally:
+        cursor.close()
 
 
 async def _upgrade_on(conn: AsyncConnection, service: str, scripts: Path, revision: str) -> None:
@@ -97,4 +112,7 @@ def run_env(context: EnvironmentContext, target_metadata: MetaData) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Migrations move every org's rows: the system scope (services.shared.orgs).
+            connection.exec_driver_sql("SELECT set_config('crm.org', '*', true)")
         context.run_migrations()

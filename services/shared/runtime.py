@@ -1,38 +1,27 @@
-"""A running service's parts, assembled once by its bootstrap."""
+"""A running service's parts, assembled once by the server for its bootstrap."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from services.shared import metrics
 from services.shared.config import Settings
-from services.shared.context import Call
-from services.shared.db import Database
-from services.shared.events import EventFeed, EventLog
-from services.shared.idempotency import IdempotencyStore
+from services.shared.uow import Storage, UnitOfWork, Units
 
-if TYPE_CHECKING:
-    from services.shared.uow import UnitOfWork
+U = TypeVar("U", bound=UnitOfWork)
+Closer = Callable[[], Awaitable[None]]
 
 
 @dataclass
-class ServiceRuntime:
+class ServiceRuntime(Generic[U]):
+    """What a service's bootstrap builds its servicer from."""
+
     name: str
-    domain: str
     settings: Settings
-    db: Database
-    log: EventLog
-    feed: EventFeed
-    idempotency: IdempotencyStore
-    uow_class: type[UnitOfWork]
-    # Whatever else the service's bootstrap wires in (clients, providers…).
-    parts: dict[str, Any] = field(default_factory=dict)
-
-    def unit_of_work(self, conn: AsyncConnection) -> UnitOfWork:
-        return self.uow_class(conn, self)
-
-    def on_replay(self, call: Call) -> None:
-        metrics.REPLAYS.labels(self.name, call.rpc).inc()
+    # The database, the event log and its feed, the idempotency keys.
+    storage: Storage
+    # A unit of work of the service's own kind, per transaction.
+    units: Units[U]
+    # What the bootstrap opened (channels, providers, tasks): closed at stop, last first.
+    closers: list[Closer] = field(default_factory=list)

@@ -25,6 +25,8 @@ _CODES: list[tuple[type[errors.DomainError], int]] = [
     (errors.Aborted, code_pb2.ABORTED),
     (errors.OutOfRange, code_pb2.OUT_OF_RANGE),
     (errors.Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (errors.PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
 ]
 
@@ -66,7 +68,8 @@ def to_status(error: errors.DomainError, domain: str) -> status_pb2.Status:
             ]
         )
         status.details.append(_pack(failure))
-    if isinstance(error, errors.Unavailable) and error.retry_after is not None:
+    if (isinstance(error, errors.Unavailable | errors.ResourceExhausted)
+            and error.retry_after is not None):
         seconds = max(0.0, error.retry_after)
         whole = math.floor(seconds)
         delay = duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))

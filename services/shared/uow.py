@@ -1,68 +1,425 @@
 """The unit of work: one transaction in which a change, its events and its
-idempotency record commit together, or not at all."""
+idempotency record commit together, or not at all.
+
+A use case reads as its transaction does:
+
+    async def update_status(cmd: UpdateStatus, uow: LeadsUnitOfWork) -> Lead | Stored:
+        async with uow.for_caller(cmd.caller):            # the caller's transaction
+            if (stored := await uow.keys.claim(cmd.key)) is not None:
+                return stored                             # a replay: nothing runs twice
+            lead = await uow.leads.get(cmd.lead_id, for_update=True)
+            change = lead.move_to(cmd.status, actor=cmd.caller.principal, …)
+            await uow.leads.save(lead, change)
+            await uow.commit(outcome=lead)                # effect + events + stored outcome
+            return lead
+
+One unit of work is one transaction: a use case that needs several (SendSms)
+takes `Units`, which makes one for each. Leaving the `async with` without
+`commit()` rolls everything back. The connection is taken on first use, so a
+replay this process remembers touches no database (and, on SQLite, waits for
+no writer).
+
+Writes go through `write()`. On PostgreSQL they go out with the commit, in one
+round trip with the event log's append, the stored outcome and COMMIT, so read
+what you need before you write; on SQLite they run at once. Either way a
+guarded write (`expect_rows=1`, as an UPDATE naming the version it read) that
+changes another number of rows is CONCURRENT_CHANGE and nothing commits.
+
+Every unit of work acts in its caller's organization (`uow.org`): the
+repositories name it in every statement, and on PostgreSQL the transaction is
+scoped to it as well (`sql.scope`: row-level security, see services.shared.rls),
+so a statement that forgot it still sees that org only. Work of the service
+itself across every org (the recovery sweep) enters `for_system()` instead.
+
+A final refusal is stored under the key too, in a transaction of its own, by
+`Units.run` (the entrypoint's runner): the refused use case's own transaction
+is rolled back.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Self, TypeVar
 
+from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.shared import metrics, sql
-from services.shared.events import EventRecord
+from services.shared import errors, group_commit, metrics, orgs, sql
+from services.shared.auth import Caller
+from services.shared.db import Database, RunAgain, retrying
+from services.shared.events import EventFeed, EventLog, EventRecord
+from services.shared.idempotency import (
+    IdempotencyStore,
+    Key,
+    KeyInUse,
+    KeyReused,
+    Outcome,
+    Pending,
+    Stored,
+    lock_of,
+)
 
-if TYPE_CHECKING:
-    from services.shared.runtime import ServiceRuntime
+T = TypeVar("T")
+U = TypeVar("U", bound="UnitOfWork")
+
+# A service's mapping of its domain events to event log records.
+EventMapper = Callable[[Any], EventRecord]
+# How the outcome a use case commits is answered (and so stored): a response message.
+Respond = Callable[[Any], Message]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """What every unit of work of one service writes through; assembled once at start."""
+
+    # Names the service in metrics and as the domain of the refusals it stores.
+    service: str
+    db: Database
+    log: EventLog
+    feed: EventFeed
+    keys: IdempotencyStore
+
+    @property
+    def postgres(self) -> bool:
+        return not self.db.is_sqlite
+
+
+class ConcurrentChange(errors.Aborted):
+    """A guarded write found its row changed, though the row was read under lock:
+    never expected, and nothing was committed."""
+
+    reason = "CONCURRENT_CHANGE"
+
+
+class KeyStep:
+    """The idempotency key, as a step of one unit of work (`uow.keys`)."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._store = uow.storage.keys
+        # The key this unit of work holds, and the outcome to store with its commit.
+        self.claimed: Key | None = None
+        self._outcome: Outcome | Pending | None = None
+
+    async def claim(self, key: Key) -> Stored | None:
+        """Take the key for this unit of work; a Stored outcome if it already has one.
+
+        A replay this process remembers is answered without the database. A key
+        whose call is still under way (another's, or pending) is KeyInUse; one
+        used with another request is KeyReused.
+        """
+        caller = self._uow.caller
+        remembered = self._store.recall(caller, key)
+        if remembered is not None:
+            return Stored(remembered)
+        conn = await self._uow.connection()
+        if not self._uow._take_key(key):
+            raise KeyInUse()  # an earlier call of its group holds it, uncommitted
+        found = await self._store.claim(conn, caller, key)
+        if isinstance(found, Pending):
+            raise KeyInUse()
+        if found is not None:
+            return Stored(found)
+        self.claimed = key
+        return None
+
+    async def take(self, key: Key, *, wait: bool) -> Outcome | Pending | None:
+        """Take the key to go on with what a call started under it, and say what it
+        holds: a pending key may be this very call's, a stored outcome is returned.
+
+        `wait`: wait while another call holds the key for a moment (to finish what
+        this call started); else KeyInUse at once (to take over an ended call's).
+        """
+        conn = await self._uow.connection()
+        if not self._uow._take_key(key):
+            # An earlier call of its group holds it, uncommitted: alone, this one
+            # would wait for that commit, so it runs again after it.
+            if wait:
+                raise RunAgain("the key is held by a call committing with this one")
+            raise KeyInUse()
+        found = await self._store.claim(conn, self._uow.caller, key, wait=wait)
+        self.claimed = key
+        return found
+
+    async def abandoned(self, *, lease_ended_before: datetime, limit: int = 100
+                        ) -> list[tuple[Caller, Key, str]]:
+        """Every caller's pending keys whose lease ended before then: (caller, key,
+        what the call was creating), for recovery."""
+        return await self._store.pending(await self._uow.connection(),
+                                         lease_ended_before=lease_ended_before, limit=limit)
+
+    async def stored(self, key: Key) -> Stored | None:
+        """The outcome the key holds, read without taking it: for a use case that must
+        know before it calls another service. KeyInUse while its call is under way."""
+        remembered = self._store.recall(self._uow.caller, key)
+        if remembered is not None:
+            return Stored(remembered)
+        found = await self.peek(key)
+        if isinstance(found, Pending):
+            raise KeyInUse()
+        return None if found is None else Stored(found)
+
+    async def peek(self, key: Key) -> Outcome | Pending | None:
+        """What the key holds, read in this unit of work without taking it."""
+        conn = await self._uow.connection()
+        if self._uow._seat is not None and self._uow._seat.holds_other(lock_of(
+                self._uow.caller, key)):
+            raise KeyInUse()  # an earlier call of its group holds it, uncommitted
+        return await self._store.peek(conn, self._uow.caller, key)
+
+    def pend(self, pending: Pending) -> None:
+        """Mark the claimed key pending with this commit: its call's effect is under way."""
+        self._outcome = pending
+
+    def refuse(self, refusal: errors.DomainError) -> Stored:
+        """Store this final refusal under the claimed key with this commit (along with
+        what the refused call leaves behind, as a failed message); how to answer it."""
+        outcome = Outcome.refusal(refusal, self._uow.storage.service)
+        if outcome is None:
+            raise refusal
+        self._outcome = outcome
+        return Stored(outcome, replayed=False)
+
+    def forget(self) -> None:
+        """Drop the claimed key with this commit: its call was abandoned, with no effect."""
+        assert self.claimed is not None
+        self._outcome = None
+        self._uow.writes.append(self._store.forget(self._uow.caller, self.claimed))
+        self.claimed = None
+
+    def _record(self, outcome: object) -> Outcome | None:
+        """The key's write for this commit, if it holds one; the outcome it stores."""
+        if self.claimed is None:
+            return None
+        stored = self._outcome
+        if stored is None:
+            stored = Outcome.success(self._uow.respond(outcome))
+        self._uow.writes.append(self._store.record(self._uow.caller, self.claimed, stored))
+        return stored if isinstance(stored, Outcome) else None
 
 
 class UnitOfWork:
-    """Subclasses add their repositories and say which events their changes recorded."""
+    """One transaction of one caller. Services subclass it with their repositories
+    and say which domain events their aggregates recorded (`recorded_events`)."""
 
-    def __init__(self, conn: AsyncConnection, runtime: ServiceRuntime) -> None:
-        self.conn = conn
-        self.runtime = runtime
-        self.dialect = runtime.db.dialect
-        self.postgres = self.dialect == "postgresql"
-        self._writes: list[tuple[sql.Statement, sql.Params]] = []
+    def __init__(self, storage: Storage, *, events: EventMapper,
+                 respond: Respond | None = None) -> None:
+        self.storage = storage
+        self.postgres = storage.postgres
+        self.keys = KeyStep(self)
+        # PostgreSQL: the writes that go out with the commit.
+        self.writes: list[tuple[sql.Statement | sql.Guarded, sql.Params]] = []
+        self._events = events
+        self._respond = respond
+        self._recorded: list[object] = []
+        self._caller: Caller | None = None
+        self._write = True
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._conn: AsyncConnection | None = None
+        # PostgreSQL writes: its place with the process's committer (group commit).
+        self._seat: group_commit.Seat | None = None
+        self._used = False
 
-    def collect_events(self) -> list[EventRecord]:
-        """The events recorded by the aggregates this unit of work changed."""
-        return []
+    # -- the transaction --------------------------------------------------------------
+
+    def for_caller(self, caller: Caller, *, read_only: bool = False) -> Self:
+        """This unit of work as `caller`'s transaction: `async with uow.for_caller(c):`.
+        A read-only one takes no writer lock and needs no BEGIN on PostgreSQL."""
+        if caller.org == orgs.SYSTEM_SCOPE:
+            raise RuntimeError("the system scope is entered with `for_system`, not by a caller")
+        self._caller = caller
+        self._write = not read_only
+        return self
+
+    def for_system(self, principal: str, *, read_only: bool = False) -> Self:
+        """This unit of work as the service's own, over every org at once (on
+        PostgreSQL the system scope of row-level security): for background work
+        that finds what to do in every org, then does it in each org's own unit."""
+        self._caller = orgs.system_caller(principal)
+        self._write = not read_only
+        return self
+
+    async def __aenter__(self) -> Self:
+        if self._caller is None:
+            raise RuntimeError("enter a unit of work with `async with uow.for_caller(caller)`")
+        if self._used:
+            raise RuntimeError("a unit of work is one transaction: make another for the next")
+        self._used = True
+        self._stack = contextlib.AsyncExitStack()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        stack, self._stack, self._conn, self._seat = self._stack, None, None, None
+        if stack is not None:
+            await stack.__aexit__(*exc_info)  # rolls back whatever was not committed
+
+    @property
+    def org(self) -> str:
+        """The organization this unit of work acts in: every row it reads or writes is its."""
+        return self.caller.org
+
+    @property
+    def caller(self) -> Caller:
+        if self._caller is None:
+            raise RuntimeError("this unit of work was not entered for a caller")
+        return self._caller
+
+    def respond(self, outcome: object) -> Message:
+        if self._respond is None:
+            raise RuntimeError("this unit of work was given no way to answer an outcome")
+        return self._respond(outcome)
+
+    async def connection(self) -> AsyncConnection:
+        """The transaction's connection, taken on first use."""
+        if self._conn is None:
+            if self._stack is None:
+                raise RuntimeError("use a unit of work inside `async with uow.for_caller(…)`")
+            committer = group_commit.committer(self.storage.db) if self._write else None
+            if committer is not None:
+                # A write on PostgreSQL: alone, or in a group's transaction (scoped).
+                self._seat = await self._stack.enter_async_context(
+                    committer.seat(self.caller.org, self.storage.service))
+                self._conn = self._seat.conn
+                return self._conn
+            conn = await self._stack.enter_async_context(
+                self.storage.db.transaction(write=self._write))
+            if self.postgres:
+                # A read-only transaction is autocommit: each statement carries the scope.
+                sql.scope(conn, self.caller.org, every_statement=not self._write)
+            self._conn = conn
+        return self._conn
+
+    def _take_key(self, key: Key) -> bool:
+        """Note the key this call takes; False if a call of its group holds it."""
+        seat = self._seat
+        return seat is None or seat.take_key(lock_of(self.caller, key))
+
+    # -- statements ---------------------------------------------------------------------
 
     async def read(self, statement: sql.Statement, params: sql.Params) -> list[Any]:
-        """The rows of one prebuilt statement, in this unit of work's transaction."""
-        return await sql.fetch(self.conn, statement, params)
+        """The rows of one prebuilt statement, with attribute access by column name."""
+        return await sql.fetch(await self.connection(), statement, params)
 
-    async def write(self, statement: sql.Statement, params: sql.Params) -> int | None:
-        """A write of this unit of work.
+    async def execute(self, statement: sql.Statement) -> list[Any]:
+        """The rows of a statement built for this call, with attribute access by column name."""
+        return await sql.rows(await self.connection(), statement)
 
-        On PostgreSQL it goes out with the commit, in the same round trip, so read
-        what you need before you write (None); on SQLite it runs now (the number of
-        rows it changed).
+    async def write(self, statement: sql.Statement, params: sql.Params, *,
+                    expect_rows: int | None = None) -> None:
+        """A write of this unit of work, the same on both databases: it takes effect
+        with the commit, and a guarded one (`expect_rows`) that changes another
+        number of rows is CONCURRENT_CHANGE, with nothing committed.
+
+        On PostgreSQL it goes out with the commit, in the same round trip (so read
+        what you need before you write); on SQLite it runs now.
         """
+        guarded = statement if expect_rows is None else sql.Guarded(statement, expect_rows)
         if self.postgres:
-            self._writes.append((statement, params))
-            return None
-        result = await self.conn.execute(statement, params)  # type: ignore[arg-type]
-        return int(result.rowcount)
+            self.writes.append((guarded, params))
+            return
+        result = await (await self.connection()).execute(statement, params)  # type: ignore[arg-type]
+        if expect_rows is not None and result.rowcount != expect_rows:
+            raise ConcurrentChange(
+                f"a write expected to change {expect_rows} rows changed {result.rowcount}")
 
-    async def commit(self) -> None:
-        """Commit the writes, the events and the outcome stored with them, or nothing.
+    # -- events and commit --------------------------------------------------------------
 
-        On PostgreSQL the pending writes, the event log's append and COMMIT go
-        out in one round trip, so the log's head row, locked from its update to
-        the commit, is held for no longer than that.
+    def record(self, event: object) -> None:
+        """An event no aggregate of this unit of work recorded (the SMS breaker's)."""
+        self._recorded.append(event)
+
+    def recorded_events(self) -> Iterable[object]:
+        """The domain events of the aggregates this unit of work changed."""
+        return ()
+
+    async def commit(self, outcome: object = None) -> None:
+        """Commit the writes, the events and the key's outcome, or nothing.
+
+        The outcome is stored under the claimed key as the answer `respond` makes
+        of it (unless the key was marked pending or refused). On PostgreSQL the
+        pending writes, the event log's append and COMMIT go out in one round
+        trip (the append takes no lock that other writers wait for).
         """
-        records = self.collect_events()
+        stored = self.keys._record(outcome)
+        # Every event is its caller's org's (the system scope's: the services' own).
+        records = [dataclasses.replace(self._events(e), org=self.caller.org)
+                   for e in (*self.recorded_events(), *self._recorded)]
+        conn = await self.connection()
         if self.postgres:
-            statements = list(self._writes)
+            statements = list(self.writes)
             if records:
-                statements.append(self.runtime.log.append_statement(records))
-            self._writes.clear()
-            await sql.batch(self.conn, statements, commit=True)
+                statements.append(self.storage.log.append_statement(records))
+            self.writes.clear()
+            try:
+                if self._seat is not None:
+                    await self._seat.commit(statements)
+                else:
+                    await sql.batch(conn, statements, commit=True)
+            except sql.GuardFailed as failed:
+                raise ConcurrentChange(str(failed)) from failed
         else:
+            for statement, params in self.writes:  # the key's record, the key's forgetting
+                await conn.execute(statement, params)  # type: ignore[arg-type]
+            self.writes.clear()
             if records:
-                await self.runtime.log.append(self.conn, records)
-            await self.conn.commit()
+                await self.storage.log.append(conn, records)
+            await conn.commit()
+        if stored is not None and self.keys.claimed is not None:
+            self.storage.keys.remember(self.caller, self.keys.claimed, stored)
         if records:
-            metrics.EVENTS_WRITTEN.labels(self.runtime.name).inc(len(records))
-            self.runtime.feed.poke()
+            metrics.EVENTS_WRITTEN.labels(self.storage.service).inc(len(records))
+            self.storage.feed.announce()
+
+
+class Units(Generic[U]):
+    """Units of work of one service: a fresh one per transaction."""
+
+    def __init__(self, storage: Storage, make: Callable[..., U],
+                 respond: Respond | None = None) -> None:
+        self.storage = storage
+        self._make = make
+        self._respond = respond
+
+    def answering(self, respond: Respond) -> Units[U]:
+        """Units whose commits store an outcome as `respond` answers it."""
+        return Units(self.storage, self._make, respond)
+
+    def __call__(self) -> U:
+        return self._make(self.storage, respond=self._respond)
+
+    async def attempt(self, step: Callable[[U], Awaitable[T]], *,
+                      time_remaining: float | None) -> T:
+        """Run `step` in a fresh unit of work, again on transient failures (a
+        serialization conflict, a dropped connection, a lost race), within the time."""
+        return await retrying(lambda: step(self()), time_remaining=time_remaining)
+
+    async def refused(self, caller: Caller, key: Key, refusal: errors.DomainError, *,
+                      time_remaining: float | None) -> Stored:
+        """Store a final refusal under the key, in a transaction of its own; raised
+        again if it is transient. Another call's outcome stored meanwhile is
+        answered instead, as a replay."""
+        if isinstance(refusal, KeyInUse | KeyReused):
+            # These speak of the key, not of the call: never its outcome. Storing
+            # KeyInUse would wait on the key's holder (forever, if its transaction
+            # is stranded by a lost connection) and could answer it for good.
+            raise refusal
+        outcome = Outcome.refusal(refusal, self.storage.service)
+        if outcome is None:
+            raise refusal
+
+        async def store(uow: U) -> Stored:
+            async with uow.for_caller(caller):
+                found = await uow.keys.take(key, wait=True)
+                if isinstance(found, Outcome):
+                    return Stored(found)
+                if isinstance(found, Pending):
+                    raise KeyInUse()
+                uow.keys.refuse(refusal)
+                await uow.commit()
+                return Stored(outcome, replayed=False)
+
+        return await self.attempt(store, time_remaining=time_remaining)

@@ -19,7 +19,13 @@ UpdateLeadStatus also against their lean reference (tests.bench.lean: the same
 write by hand in raw SQL, on a bare grpc.aio server), in the same turns, and
 their ratio to it (xlean); then realtime (tests.bench.realtime):
 commit-to-subscriber latency and memory per idle stream for 1, 100 and 1,000
-Subscribe streams on one leads process, and as many SSE clients of the gateway.
+Subscribe streams on one leads process, and as many SSE clients of the gateway,
+each size's gRPC and SSE rows one after the other (the SSE row's p99 is also
+given ÷ the gRPC row's), subscribers spread over client processes of at most
+250 streams, with the upstream streams the leads service holds meanwhile
+(`crm_subscribers`); then 10,000 idle SSE browsers in one gateway process
+(its RSS, open files and CPU, heartbeats flowing). The run raises its soft
+limit on open files to the hard one first.
 
 Every figure comes with its ratio to the echo baseline measured in the same
 run (and HTTP rows with their ratio to the same call over gRPC): on a shared

@@ -41,8 +41,9 @@ def parse(argv: list[str]) -> Options:
                         help="scenarios to run, comma-separated substrings or globs: CreateLead, "
                              "LeanCreateLead, UpdateLeadStatus, LeanUpdateLeadStatus, "
                              "ConfirmAppointment, SendSms, Replay, ReplayOwnKey, GetLead, "
-                             "Subscribe, SSE (default: all; CreateLead takes LeanCreateLead "
-                             "too, '[C]reateLead' only the service's)")
+                             "Subscribe, SSE, Idle, IdleSubscribe, Append, Replicas, Grouping "
+                             "(default: all; CreateLead takes LeanCreateLead too, '[C]reateLead' "
+                             "only the service's; Subscribe and Idle take IdleSubscribe too)")
     parser.add_argument("--backends", type=_list(str), default=["postgresql", "sqlite"],
                         help="postgresql,sqlite (default both)")
     parser.add_argument("--paths", type=_list(str), default=["grpc", "http"],
@@ -56,6 +57,11 @@ def parse(argv: list[str]) -> Options:
                         help="Subscribe streams (default 1,100,1000; quick 1,100)")
     parser.add_argument("--sse-streams", type=_list(int),
                         help="SSE clients (default 1,100,1000; quick 1,100)")
+    parser.add_argument("--idle-browsers", type=_list(int),
+                        help="idle SSE browsers held by one gateway (default 10000; quick 1000)")
+    parser.add_argument("--idle-streams", type=_list(int),
+                        help="idle Subscribe streams held by one leads process (default 10000; "
+                             "quick 1000)")
     parser.add_argument("--events", type=int, help="changes per realtime row (20; quick 10)")
     parser.add_argument("--channels", type=int, default=1,
                         help="gRPC channels (connections) per client process (default 1)")
@@ -83,6 +89,8 @@ def parse(argv: list[str]) -> Options:
         echo_share=args.echo_share,
         streams=args.streams or ([1, 100] if quick else [1, 100, 1000]),
         sse_streams=args.sse_streams or ([1, 100] if quick else [1, 100, 1000]),
+        idle_browsers=args.idle_browsers or ([1000] if quick else [10000]),
+        idle_streams=args.idle_streams or ([1000] if quick else [10000]),
         events=args.events or (10 if quick else 20),
         channels=args.channels,
         output_dir=args.output_dir,

@@ -29,6 +29,7 @@ from tests.bench.feeds import emit
 from tests.bench.kit import Kit
 from tests.bench.load import Tally, drive
 from tests.bench.scenarios import GRPC, HTTP, SCENARIOS, Echo
+from tests.bench.servers import raise_fd_limit
 
 ECHO = "echo"
 
@@ -123,6 +124,7 @@ async def main(job: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     try:
+        raise_fd_limit()
         asyncio.run(main(json.loads(sys.argv[1])))
     except Exception as error:
         traceback.print_exc()

@@ -35,6 +35,8 @@ from tests.bench.kit import DEADLINE, PHONE, Kit, new_key, now
 from tests.bench.load import cpu_time
 
 STREAMS_PER_CHANNEL = 200
+# SSE connections (and Subscribe streams) a subscriber process opens at once.
+CONNECTING = 64
 MAX_CHANNELS = 8
 
 
@@ -66,6 +68,7 @@ class Subscribers:
         self.failures: list[str] = []
         # SSE bookmarks that went live without some service (the gateway's timeout).
         self.degraded = 0
+        self.connecting = asyncio.Semaphore(CONNECTING)
 
     def _went_live(self) -> None:
         self.live += 1
@@ -94,20 +97,28 @@ class Subscribers:
         self.all_live.set()  # nobody waits for a stream that failed
 
     async def grpc_stream(self, i: int) -> None:
+        """One Subscribe stream. At most CONNECTING of a process's are opening at once
+        (until live): clients coming back at once, not ten thousand calls queued
+        in the server's pending list until grpc cancels them."""
         stub = self.kit.leads[i % len(self.kit.leads)]
         live = False
+        await self.connecting.acquire()
         try:
             async for event in stub.Subscribe(leads_pb2.SubscribeRequest(),
                                               metadata=self.kit.metadata):
                 if event.type == "bookmark":
                     if not live:
                         live = True
+                        self.connecting.release()
                         self._went_live()
                 elif event.type == "lead.created":
                     self._saw(i, event.lead_id)
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
+            if error.code() != grpc.StatusCode.CANCELLED or not live:
                 self._failed(f"{error.code().name}: {error.details()}")
+        finally:
+            if not live:
+                self.connecting.release()
 
     async def echo_stream(self, i: int) -> None:
         channels = self.kit.channels("echo")
@@ -133,7 +144,10 @@ class Subscribers:
         kind = ""
         data = last_id = b""
         try:
-            async with session.get("/v1/events", headers=self.kit.headers) as response:
+            # Ten thousand connects at once would overflow the gateway's listen backlog.
+            async with self.connecting:
+                response = await session.get("/v1/events", headers=self.kit.headers)
+            async with response:
                 if response.status != 200:
                     self._failed(f"HTTP {response.status}")
                     return

@@ -10,7 +10,7 @@ Prints `{"port": N}` on stdout once it serves, then serves until SIGTERM.
 The database is a leads database migrated by the service itself (`python -m
 services.leads migrate`): the same tables, indexes and event log. Each call is
 what the service does, with nothing around it: no interceptor, no auth (the
-principal is "lean"), no SQLAlchemy, no domain objects, no validation
+principal is "lean", of the org "default"), no SQLAlchemy, no domain objects, no validation
 framework, no metrics, no logging. Connections are plain psycopg 3
 AsyncConnections, opened at start and lent from an asyncio.Queue.
 
@@ -21,8 +21,8 @@ A write is one transaction in two pipelined round trips:
        → a stored outcome is answered (replayed); a key another call holds
        without an outcome stored is ABORTED; otherwise:
     2. INSERT the lead [UPDATE it, INSERT its status change]; upsert the key's
-       row with the serialized response; move the event log's head, pg_notify
-       and INSERT the event (one statement); COMMIT, durable as the server's
+       row with the serialized response; INSERT the event (its transaction's
+       xid, a position from the sequence); COMMIT, durable as the server's
        synchronous_commit makes it (the same for the service).
 
 The service takes the same two round trips for CreateLead, and three for
@@ -57,38 +57,38 @@ SERVICE = "crm.leads.v1.LeadsService"
 CREATE = f"/{SERVICE}/CreateLead"
 UPDATE = f"/{SERVICE}/UpdateLeadStatus"
 PRINCIPAL = "lean"
-CHANNEL = "leads_events"  # what the leads service LISTENs on
 TTL = timedelta(seconds=86400)  # the service's default CRM_IDEMPOTENCY_TTL_SECONDS
 REPLAYED = (("idempotent-replayed", "true"),)
 
-STATUS = {pb.NEW: "new", pb.CONTACTED: "contacted", pb.QUALIFIED: "qualified",
-          pb.PROPOSAL_SENT: "proposal_sent", pb.NEGOTIATING: "negotiating", pb.WON: "won",
-          pb.LOST: "lost"}
+# The contract's statuses as the leads table stores them ("new", "proposal_sent"…).
+STATUS = {v.number: v.name.removeprefix("LEAD_STATUS_").lower()
+          for v in pb.LeadStatus.DESCRIPTOR.values if v.number}
 NUMBER = {name: number for number, name in STATUS.items()}
-FINAL = {pb.WON, pb.LOST}
+FINAL = {pb.LEAD_STATUS_WON, pb.LEAD_STATUS_LOST}
 
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 FIND_KEY = """SELECT fingerprint, state, code, response, expires_at
-    FROM leads_idempotency_keys WHERE principal = %s AND method = %s AND key = %s"""
+    FROM leads_idempotency_keys
+    WHERE org = 'default' AND principal = %s AND method = %s AND key = %s"""
 FIND_LEAD = """SELECT name, phone, email, status, version, created_by, created_at
-    FROM leads WHERE lead_id = %s FOR UPDATE"""
-INSERT_LEAD = """INSERT INTO leads (lead_id, name, phone, email, status, version, created_by,
-    created_at, updated_at) VALUES (%s, %s, %s, %s, 'new', 1, %s, %s, %s)"""
+    FROM leads WHERE org = 'default' AND lead_id = %s FOR UPDATE"""
+INSERT_LEAD = """INSERT INTO leads (org, lead_id, name, phone, email, status, version,
+    created_by, created_at, updated_at)
+    VALUES ('default', %s, %s, %s, %s, 'new', 1, %s, %s, %s)"""
 UPDATE_LEAD = """UPDATE leads SET status = %s, version = %s, updated_at = %s
-    WHERE lead_id = %s AND version = %s"""
-INSERT_CHANGE = """INSERT INTO lead_status_changes (lead_id, from_status, to_status, actor,
-    changed_at, idempotency_key, version) VALUES (%s, %s, %s, %s, %s, %s, %s)"""
-STORE_KEY = """INSERT INTO leads_idempotency_keys (principal, method, key, fingerprint, state,
-    code, response, resource_id, created_at, expires_at)
-    VALUES (%s, %s, %s, %s, 'done', %s, %s, NULL, %s, %s)
-    ON CONFLICT (principal, method, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+    WHERE org = 'default' AND lead_id = %s AND version = %s"""
+INSERT_CHANGE = """INSERT INTO lead_status_changes (org, lead_id, from_status, to_status, actor,
+    changed_at, idempotency_key, version) VALUES ('default', %s, %s, %s, %s, %s, %s, %s)"""
+STORE_KEY = """INSERT INTO leads_idempotency_keys (org, principal, method, key, fingerprint,
+    state, code, response, resource_id, created_at, expires_at)
+    VALUES ('default', %s, %s, %s, %s, 'done', %s, %s, NULL, %s, %s)
+    ON CONFLICT (org, principal, method, key) DO UPDATE SET fingerprint = excluded.fingerprint,
     state = excluded.state, code = excluded.code, response = excluded.response,
     resource_id = excluded.resource_id, created_at = excluded.created_at,
     expires_at = excluded.expires_at"""
-APPEND = f"""WITH head AS (UPDATE leads_event_log SET head = head + 1 WHERE id = 1
-        RETURNING head), notified AS (SELECT pg_notify('{CHANNEL}', ''))
-    INSERT INTO leads_events (position, occurred_at, type, actor, lead_id, subject_id, payload)
-    SELECT head.head, %s, %s, %s, %s, NULL, %s FROM head, notified"""
+APPEND = """INSERT INTO leads_events (xid, position, occurred_at, type, actor, lead_id,
+    subject_id, payload, org) SELECT pg_current_xact_id()::text::bigint,
+    nextval('leads_events_position'), %s, %s, %s, %s, NULL, %s, 'default'"""
 
 
 class Refused(Exception):
@@ -141,7 +141,7 @@ def move_refused(lead_id: str, target: pb.LeadStatus, expected: int | None,
         return refusal(code_pb2.ABORTED, f"lead {lead_id!r} is at version {version}")
     if current == target:
         return refusal(code_pb2.FAILED_PRECONDITION, f"lead {lead_id!r} is already {row[3]}")
-    if current in FINAL or (target != pb.LOST and target < current):
+    if current in FINAL or (target != pb.LEAD_STATUS_LOST and target < current):
         return refusal(code_pb2.FAILED_PRECONDITION,
                        f"lead {lead_id!r} cannot move from {row[3]} to {STATUS[target]}")
     return None
@@ -229,8 +229,9 @@ class Lean:
             now = datetime.now(UTC)
             lead_id = str(uuid.uuid4())
             at = stamp(now)
-            lead = pb.Lead(lead_id=lead_id, name=name, phone=phone, email=email, status=pb.NEW,
-                           version=1, created_by=PRINCIPAL, created_at=at, updated_at=at)
+            lead = pb.Lead(lead_id=lead_id, name=name, phone=phone, email=email,
+                           status=pb.LEAD_STATUS_NEW, version=1, created_by=PRINCIPAL,
+                           created_at=at, updated_at=at)
             event = pb.Event(type="lead.created", occurred_at=at, actor=PRINCIPAL,
                              lead_id=lead_id, lead=lead)
             body = lead.SerializeToString()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import inspect
 import json
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -134,27 +139,55 @@ def calls_table(rows: list[dict[str, Any]]) -> str:
 
 
 def realtime_table(rows: list[dict[str, Any]]) -> str:
-    header = ["feed", "backend", "streams", "open s", "events", "gap ms", "delivered",
-              "p50 ms", "p99 ms", "max ms", "xecho p50", "KiB/stream", "sub CPU", "server CPU"]
+    header = ["feed", "backend", "streams", "procs", "open s", "events", "gap ms", "delivered",
+              "p50 ms", "p99 ms", "max ms", "xecho p50", "xgrpc p99", "KiB/stream", "upstream",
+              "sub CPU", "server CPU"]
     lines = []
     for row in rows:
         if "p50_ms" not in row:
-            lines.append([row["feed"], row["backend"], str(row["streams"]), "FAILED", "", "",
-                          "", "", "", "", "", "", "", str(row.get("failure", ""))[:60]])
+            lines.append([row["feed"], row["backend"], str(row["streams"]), "", "FAILED", "", "",
+                          "", "", "", "", "", "", "", "", "",
+                          str(row.get("failure", ""))[:60]])
             continue
         per_stream = row["rss_kib_per_stream"]
         holder = "gateway" if row["feed"] == "sse" else next(iter(per_stream))
         # A page-granular RSS says nothing about one stream.
         memory = per_stream.get(holder) if row["streams"] >= MEMORY_MIN_STREAMS else None
+        upstream = row.get("upstream_streams")
         lines.append([
-            row["feed"], row["backend"], str(row["streams"]), f"{row['seconds_to_open']:.1f}",
+            row["feed"], row["backend"], str(row["streams"]), str(row.get("processes", 1)),
+            f"{row['seconds_to_open']:.1f}",
             str(row["events"]), f"{row['interval_s'] * 1000:.0f}",
             f"{row['delivered']}/{row['delivered'] + row['missed']}",
             _num(row["p50_ms"], 2), _num(row["p99_ms"], 2), _num(row["max_ms"], 1),
-            _num(row.get("x_echo_p50"), 1), _num(memory, 1),
+            _num(row.get("x_echo_p50"), 1), _num(row.get("x_grpc_p99"), 2), _num(memory, 1),
+            "-" if upstream is None else f"{upstream:.0f}",
             f"{row['client_cpu']:.2f}", _cpu(row.get("server_cpu", {})),
         ])
-    return _table(header, lines, right=set(range(2, 13)))
+    return _table(header, lines, right=set(range(2, 16)))
+
+
+def idle_table(rows: list[dict[str, Any]]) -> str:
+    header = ["idle", "backend", "streams", "procs", "open s", "holder", "RSS MiB",
+              "KiB/stream", "fds", "held", "upstream", "server CPU (idle)"]
+    lines = []
+    for row in rows:
+        holder = "gateway" if row["feed"] == "sse" else "leads"
+        if "kib_per_stream" not in row:
+            lines.append([row["feed"], row["backend"], str(row["streams"]), "", "FAILED",
+                          holder, "", "", "", "", "", str(row.get("failure", ""))[:60]])
+            continue
+        upstream, held = row.get("upstream_streams"), row.get("held_streams")
+        lines.append([
+            row["feed"], row["backend"], str(row["streams"]), str(row["processes"]),
+            f"{row['seconds_to_open']:.1f}", holder,
+            f"{row['rss_kib_before'] / 1024:.0f} → {row['rss_kib_after'] / 1024:.0f}",
+            f"{row['kib_per_stream']:.1f}",
+            f"{row['fds_before']} → {row['fds']}",
+            "-" if held is None else f"{held:.0f}",
+            "-" if upstream is None else f"{upstream:.0f}", _cpu(row.get("server_cpu", {})),
+        ])
+    return _table(header, lines, right=set(range(2, 11)) - {5})
 
 
 def realtime_notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -178,7 +211,12 @@ def realtime_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 def add_realtime_ratios(rows: list[dict[str, Any]]) -> None:
     echoes = {row["streams"]: row for row in rows if row["feed"] == "echo" and "p50_ms" in row}
+    direct = {(row["backend"], row["streams"]): row for row in rows
+              if row["feed"] == "grpc" and "p99_ms" in row}
     for row in rows:
+        grpc_row = direct.get((row["backend"], row["streams"]))
+        if row["feed"] == "sse" and "p99_ms" in row and grpc_row is not None:
+            row["x_grpc_p99"] = ratio(row["p99_ms"], grpc_row["p99_ms"])
         base = echoes.get(row["streams"])
         if "p50_ms" in row and base is not None:
             row["x_echo_p50"] = ratio(row["p50_ms"], base["p50_ms"])
@@ -213,10 +251,23 @@ REALTIME_LEGEND = (
     "returned), CLOCK_MONOTONIC, every stream x every event. open: seconds until every "
     "stream was live; gap: time between two "
     "changes. xecho p50: ÷ the echo server's fan-out at the same stream count. KiB/stream: "
-    "RSS growth of the holding process (leads; the gateway for sse, whose clients each "
-    "follow 3 services) with the streams idle, ÷ streams (from 100 streams up). sub CPU: "
-    "the subscriber process; server CPU as above, from the first change to the last "
-    "delivery."
+    "RSS growth of the holding process (leads; the gateway for sse, whose browsers each "
+    "follow 3 services over its shared upstream streams) with the streams idle, ÷ streams "
+    "(from 100 streams up). sub CPU: "
+    "the subscriber processes (procs: how many; each holds at most 250 streams); server "
+    "CPU as above, from the first change to the last delivery. xgrpc p99: an SSE row's "
+    "p99 ÷ that of the direct gRPC subscribers of the same size and backend, measured just "
+    "before it. upstream: Subscribe streams the leads service held while the streams were "
+    "open (its crm_subscribers): for SSE, the gateway's, however many browsers."
+)
+IDLE_LEGEND = (
+    "idle: streams held open by one process (holder) with no changes made, heartbeats "
+    "flowing (every 5 s in the bench): sse, browsers on the gateway's /v1/events; grpc, "
+    "Subscribe streams straight to leads. RSS: the holder's before the streams → with them "
+    "open; KiB/stream: its growth ÷ streams; fds: the holder's open files before → with "
+    "them open; held: the streams the holder counts (crm_gateway_sse_streams, "
+    "crm_subscribers); upstream: the leads service's crm_subscribers; server CPU over 12 s "
+    "of idling."
 )
 
 
@@ -226,3 +277,17 @@ def write_json(directory: Path, document: dict[str, Any]) -> Path:
     path = directory / f"{stamp}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def stand_alone(doc: str | None, measure: Callable[..., Any], table: Callable[[Any], str],
+                **options: tuple[type, Any]) -> None:
+    """`python -m tests.bench.<row>`: one measurement row run alone, its options
+    (name: (type, default)) from the command line; the table to stderr, the JSON
+    to stdout."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    for name, (kind, default) in options.items():
+        parser.add_argument(f"--{name}", type=kind, default=default)
+    found = measure(**vars(parser.parse_args()))
+    row = asyncio.run(found) if inspect.isawaitable(found) else found
+    print(table(row), file=sys.stderr)
+    print(json.dumps(row))

@@ -3,8 +3,10 @@ over gRPC and HTTP, and its realtime feeds."""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -12,14 +14,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench import realtime, report
+from tests.bench import append, grouping, realtime, replicas, report
 from tests.bench.load import Tally
 from tests.bench.procs import ClientFailed, CpuProbe, run_load
 from tests.bench.scenarios import SCENARIOS
-from tests.bench.servers import Server, Stack, make_tokens, postgres_version, stack, start_echo
+from tests.bench.servers import (
+    Server,
+    Stack,
+    make_tokens,
+    postgres_version,
+    raise_fd_limit,
+    stack,
+    start_echo,
+)
 
-# The realtime measurements, selectable with --only like the calls.
-SUBSCRIBE, SSE = "Subscribe", "SSE"
+# The realtime measurements, selectable with --only like the calls; and the
+# append path under pgbench, two leads processes against one, and group commit on
+# against off (PostgreSQL only). (`--only Idle` takes both idle rows; `[I]dle` the
+# gateway's alone.)
+SUBSCRIBE, SSE, IDLE, APPEND, REPLICAS = "Subscribe", "SSE", "Idle", "Append", "Replicas"
+GROUPING = "Grouping"
+IDLE_SUBSCRIBE = "IdleSubscribe"
 
 
 @dataclass
@@ -35,6 +50,10 @@ class Options:
     echo_share: float = 0.2
     streams: list[int] = field(default_factory=lambda: [1, 100, 1000])
     sse_streams: list[int] = field(default_factory=lambda: [1, 100, 1000])
+    # Idle SSE browsers held by one gateway process (RSS, files, CPU).
+    idle_browsers: list[int] = field(default_factory=lambda: [10000])
+    # Idle Subscribe streams held by one leads process (RSS, files, CPU).
+    idle_streams: list[int] = field(default_factory=lambda: [10000])
     events: int = 20
     channels: int = 1
     output_dir: Path = Path("bench/results")
@@ -78,6 +97,7 @@ class Run:
     tokens: dict[str, str] = field(default_factory=make_tokens)
     calls: list[dict[str, Any]] = field(default_factory=list)
     feeds: list[dict[str, Any]] = field(default_factory=list)
+    idles: list[dict[str, Any]] = field(default_factory=list)
     failures: int = 0
     broken: list[str] = field(default_factory=list)
     # The interleaved echo turns of the current backend, by concurrency.
@@ -161,13 +181,14 @@ class Run:
         self.echoes.clear()
         return rows
 
-    async def feed(self, where: Where, via: str, streams: int, holders: dict[str, int]) -> None:
+    async def feed(self, where: Where, via: str, streams: int, holders: dict[str, int],
+                   leads: Server | None = None) -> None:
         facts = {"feed": via, "backend": where.backend, "streams": streams}
         try:
             row = await realtime.measure(
                 via=via, streams=streams, events=self.options.events, targets=where.targets,
                 token=self.token, holders=holders, probe=where.probe,
-                log=self.workdir / "clients.log")
+                log=self.workdir / "clients.log", leads=leads)
         except (ClientFailed, TimeoutError) as error:
             self.failures += 1
             progress(f"  realtime {via} x {streams} on {where.backend}: FAILED {error}")
@@ -222,17 +243,81 @@ class Run:
                             [other for other in calls if SCENARIOS[other].reference_for == name])
         self.calls[first:first] = self.echo_rows(where.backend)
         pids = running.pids()
-        if options.selected(SUBSCRIBE):
-            for streams in options.streams:
-                await self.feed(where, "grpc", streams, {"leads": pids["leads"]})
-        if options.selected(SSE):
-            holders = {name: pids[name] for name in ("gateway", "leads", "bookings", "messaging")}
-            for streams in options.sse_streams:
-                await self.feed(where, "sse", streams, holders)
+        leads = running.servers["leads"]
+        # The gRPC and SSE rows of a size one after the other: their ratio spans little drift.
+        sizes = sorted({*(options.streams if options.selected(SUBSCRIBE) else []),
+                        *(options.sse_streams if options.selected(SSE) else [])})
+        holders = {name: pids[name] for name in ("gateway", "leads", "bookings", "messaging")}
+        for streams in sizes:
+            if options.selected(SUBSCRIBE) and streams in options.streams:
+                await self.feed(where, "grpc", streams, {"leads": pids["leads"]}, leads)
+            if options.selected(SSE) and streams in options.sse_streams:
+                await self.feed(where, "sse", streams, holders, leads)
+        if options.selected(IDLE_SUBSCRIBE):
+            for streams in options.idle_streams:
+                await self.idle(where, running, "grpc", streams)
+        if options.selected(IDLE):
+            for browsers in options.idle_browsers:
+                await self.idle(where, running, "sse", browsers)
+
+    async def idle(self, where: Where, running: Stack, via: str, streams: int) -> None:
+        """`streams` idle streams in one process: SSE browsers in the gateway, or
+        Subscribe streams (`via` grpc) in leads."""
+        holder = "gateway" if via == "sse" else "leads"
+        facts = {"feed": via, "backend": where.backend, "streams": streams}
+        try:
+            row = await realtime.idle(
+                via=via, streams=streams, targets=where.targets, token=self.token,
+                holder=running.servers[holder], leads=running.servers["leads"],
+                probe=where.probe, log=self.workdir / "clients.log")
+        except (ClientFailed, TimeoutError) as error:
+            self.failures += 1
+            progress(f"  idle {via} x {streams} on {where.backend}: FAILED {error}")
+            self.idles.append({**facts, "failure": str(error)})
+            return
+        row["backend"] = where.backend
+        self.idles.append(row)
+        progress(f"  idle {via:<5} {where.backend:<10} {streams:>5} streams  "
+                 f"{row['kib_per_stream']:.1f} KiB each in {holder}, {row['fds']} fds, "
+                 f"upstream {row['upstream_streams']}, "
+                 f"{holder} CPU {row['server_cpu'].get(holder, 0)}")
+
+
+async def postgres_extras(options: Options, backends: list[str], *, after: bool = False
+                          ) -> dict[str, Any]:
+    """PostgreSQL only: the append path under pgbench (before the calls); two leads
+    processes against one, and group commit on against off (after them)."""
+    found: dict[str, Any] = {}
+    if "postgresql" not in backends:
+        return found
+    if not after and options.selected(APPEND):
+        progress("the append path under pgbench: log, no log, head row")
+        try:
+            found["append"] = await asyncio.to_thread(
+                append.measure, clients=32, duration=max(options.duration, 3.0),
+                rounds=options.rounds)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            progress(f"  append path: FAILED {error}")
+    if after and options.selected(REPLICAS):
+        progress("one leads process against two (CreateLead, UpdateLeadStatus c=32)")
+        try:
+            found["replicas"] = await replicas.measure(
+                duration=options.duration, rounds=options.rounds, channels=8)
+        except (RuntimeError, OSError, TimeoutError, ClientFailed) as error:
+            progress(f"  replicas: FAILED {error}")
+    if after and options.selected(GROUPING):
+        progress("group commit on against off (CreateLead, UpdateLeadStatus c=32)")
+        try:
+            found["grouping"] = await grouping.measure(duration=options.duration,
+                                                       rounds=options.rounds)
+        except (RuntimeError, OSError, TimeoutError, ClientFailed) as error:
+            progress(f"  grouping: FAILED {error}")
+    return found
 
 
 async def run(options: Options) -> int:
     facts = report.machine()
+    facts["open_files_limit"] = raise_fd_limit()
     backends = list(options.backends)
     if "postgresql" in backends and postgres_version() is None:
         progress("PostgreSQL does not answer: skipping the postgresql backend")
@@ -241,6 +326,7 @@ async def run(options: Options) -> int:
         workdir = Path(tmp) if options.workdir is None else options.workdir
         workdir.mkdir(parents=True, exist_ok=True)
         progress(f"servers' and clients' logs: {workdir}")
+        extras = await postgres_extras(options, backends)
         echo = await start_echo(workdir)
         bench = Run(options, workdir, echo)
         try:
@@ -254,6 +340,7 @@ async def run(options: Options) -> int:
                     progress(f"{backend}: FAILED {error}")
         finally:
             await echo.stop()
+        extras.update(await postgres_extras(options, backends, after=True))
     report.add_ratios(bench.calls)
     report.add_realtime_ratios(bench.feeds)
     facts["load_average_at_end"] = list(os.getloadavg())
@@ -261,7 +348,8 @@ async def run(options: Options) -> int:
     document = {"machine": facts, "options": {**asdict(options),
                                               "output_dir": str(options.output_dir),
                                               "workdir": str(options.workdir or "")},
-                "calls": bench.calls, "realtime": bench.feeds, "failures": bench.broken,
+                "calls": bench.calls, "realtime": bench.feeds, "idle": bench.idles,
+                "failures": bench.broken, **extras,
                 "legend": {"calls": report.LEGEND, "realtime": report.REALTIME_LEGEND}}
     print(report.header(facts, asdict(options)))
     if bench.calls:
@@ -274,6 +362,15 @@ async def run(options: Options) -> int:
         print(report.REALTIME_LEGEND)
         for note in report.realtime_notes(bench.feeds):
             print(f"note: {note}")
+    if bench.idles:
+        print()
+        print(report.idle_table(bench.idles))
+        print(report.IDLE_LEGEND)
+    for name, table in (("append", append.table), ("replicas", replicas.table),
+                        ("grouping", grouping.table)):
+        if extras.get(name) is not None:
+            print()
+            print(table(extras[name]))
     for broken in bench.broken:
         print(f"FAILED {broken}")
     path = report.write_json(options.output_dir, document)

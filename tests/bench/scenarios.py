@@ -25,8 +25,9 @@ from tests.bench.kit import DEADLINE, PHONE, Exhausted, Failed, Kit, fill, new_k
 
 GRPC, HTTP = "grpc", "http"
 # A lead's forward moves, NEW → … → WON: five real status changes per lead.
-MOVES = (leads_pb2.CONTACTED, leads_pb2.QUALIFIED, leads_pb2.PROPOSAL_SENT,
-         leads_pb2.NEGOTIATING, leads_pb2.WON)
+MOVES = (leads_pb2.LEAD_STATUS_CONTACTED, leads_pb2.LEAD_STATUS_QUALIFIED,
+         leads_pb2.LEAD_STATUS_PROPOSAL_SENT, leads_pb2.LEAD_STATUS_NEGOTIATING,
+         leads_pb2.LEAD_STATUS_WON)
 SMS_BODY = "Closed Loop bench: see you at 10."
 
 

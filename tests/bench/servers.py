@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -83,6 +84,7 @@ class Server:
     process: asyncio.subprocess.Process
     port: int
     log: Path
+    metrics_port: int | None = None
 
     @property
     def pid(self) -> int:
@@ -139,7 +141,8 @@ async def start_server(name: str, module: str, env: Mapping[str, str], workdir: 
     """Start one server on `port` and wait until it serves."""
     log = workdir / f"{name}.log"
     process = await _spawn(module, port, env, log)
-    server = Server(name, process, port, log)
+    metrics = env.get("CRM_METRICS_PORT")
+    server = Server(name, process, port, log, int(metrics) if metrics else None)
     deadline = time.monotonic() + START_TIMEOUT
     while process.returncode is None and time.monotonic() < deadline:
         if await _answers(name, port):
@@ -268,6 +271,12 @@ def service_env(tokens: Mapping[str, str], database_url: str, workdir: Path,
         "CRM_BOOKINGS_TARGET": f"127.0.0.1:{ports['bookings']}",
         "CRM_MESSAGING_TARGET": f"127.0.0.1:{ports['messaging']}",
         "CRM_PUBLIC_URL": f"http://127.0.0.1:{ports['gateway']}",
+        # The feeds open a thousand streams as one principal, beyond the default caps.
+        "CRM_SSE_MAX_STREAMS_PER_PRINCIPAL": "20000", "CRM_SSE_MAX_STREAMS": "20000",
+        # Heartbeats flow within the idle rows' window (browsers' and Subscribe streams').
+        "CRM_SSE_HEARTBEAT_SECONDS": "5", "CRM_HEARTBEAT_SECONDS": "5",
+        "CRM_SUBSCRIBE_MAX_STREAMS_PER_PRINCIPAL": "20000",
+        "CRM_SUBSCRIBE_MAX_STREAMS": "20000",
     })
     return env
 
@@ -293,15 +302,17 @@ async def stack(backend: str, tokens: Mapping[str, str], workdir: Path, *, lean:
     ports = {name: free_port() for name in (*SERVICES, "gateway")}
     try:
         # Leads first: it migrates alone, then the others start together.
+        def env_of(name: str, url: str) -> dict[str, str]:
+            return {**service_env(tokens, url, workdir, ports),
+                    "CRM_METRICS_PORT": str(free_port())}
+
         run.servers["leads"] = await start_server(
-            "leads", "services.leads", service_env(tokens, urls["leads"], workdir, ports),
-            workdir, ports["leads"])
+            "leads", "services.leads", env_of("leads", urls["leads"]), workdir, ports["leads"])
         started = await asyncio.gather(
-            *(start_server(name, f"services.{name}",
-                           service_env(tokens, urls[name], workdir, ports), workdir, ports[name])
+            *(start_server(name, f"services.{name}", env_of(name, urls[name]), workdir,
+                           ports[name])
               for name in ("bookings", "messaging")),
-            start_server("gateway", "gateway",
-                         service_env(tokens, urls["leads"], workdir, ports), workdir,
+            start_server("gateway", "gateway", env_of("gateway", urls["leads"]), workdir,
                          ports["gateway"]),
             *([start_lean(urls["lean"], service_env(tokens, urls["lean"], workdir, ports),
                           workdir)] if "lean" in urls else []),
@@ -318,3 +329,35 @@ async def stack(backend: str, tokens: Mapping[str, str], workdir: Path, *, lean:
         await asyncio.gather(*(server.stop() for server in run.servers.values()))
         if run.databases:
             await asyncio.to_thread(drop_databases, run.databases)
+
+
+async def gauge(server: Server, name: str) -> float | None:
+    """A gauge's value (summed over its labels) from a server's /metrics, if it has one."""
+    if server.metrics_port is None:
+        return None
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{server.metrics_port}/metrics",
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as response:
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name) and line[len(name)] in " {"]
+    return sum(values) if values else None
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def raise_fd_limit() -> int:
+    """The soft limit on open files raised to the hard one (10,000 sockets need it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

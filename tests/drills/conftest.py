@@ -8,24 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import databases, postgres_cluster
+from tests.support import databases, netlab, postgres_cluster
+from tests.support.servers import ServiceProcess
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/drills/" in str(item.fspath):
             item.add_marker(pytest.mark.drill)
-
-
-@pytest.fixture
-def private_cluster() -> Iterator[postgres_cluster.PrivateCluster]:
-    if not postgres_cluster.available():
-        if databases.REQUIRED:
-            pytest.fail("the PostgreSQL 15 binaries are required for the restart drill")
-        pytest.skip("PostgreSQL 15 binaries not found")
-    cluster = postgres_cluster.PrivateCluster().create()
-    yield cluster
-    cluster.destroy()
 
 
 def report(title: str, **figures: object) -> None:
@@ -36,3 +26,41 @@ def report(title: str, **figures: object) -> None:
     if path:
         with open(path, "a") as out:
             out.write(f"{title}: {line}\n")
+
+
+@pytest.fixture
+def lab() -> Iterator[netlab.Lab]:
+    """A network of hosts inside this machine, taken apart whatever the test does."""
+    reason = netlab.unavailable()
+    if reason is not None:
+        if databases.REQUIRED:
+            pytest.fail(f"CI=true but the network drills cannot run here: {reason}")
+        pytest.skip(f"no network lab on this machine: {reason}")
+    made = netlab.Lab.create()
+    try:
+        yield made
+    finally:
+        made.destroy()
+
+
+@pytest.fixture
+def lab_postgres(lab: netlab.Lab) -> Iterator[postgres_cluster.PrivateCluster]:
+    """PostgreSQL on a host of its own in the lab (`lab.hosts["db"]`)."""
+    if not postgres_cluster.available():
+        if databases.REQUIRED:
+            pytest.fail("the PostgreSQL 15 binaries are required for the network drills")
+        pytest.skip("PostgreSQL 15 binaries not found")
+    db = lab.host("db")
+    cluster = postgres_cluster.PrivateCluster(host=db.ip, prefix=db.prefix,
+                                              clients=str(lab.network))
+    try:
+        yield cluster.create()
+    finally:
+        cluster.destroy()
+
+
+def service_on(host: netlab.Host, name: str, env: dict[str, str], *,
+               module: str = "") -> ServiceProcess:
+    """A server process on a host of the lab, listening on its address."""
+    return ServiceProcess(name, {**env, "CRM_BIND_HOST": host.ip}, module=module,
+                          prefix=host.prefix, address=host.ip)

@@ -100,7 +100,7 @@ async def test_subscribers_on_every_replica_see_every_event_once_in_order_across
                                                               phone="+14155550123"),
                                          metadata=idempotency(new_key()))
             await stub.UpdateLeadStatus(
-                pb.UpdateLeadStatusRequest(lead_id=lead.lead_id, status=pb.CONTACTED),
+                pb.UpdateLeadStatusRequest(lead_id=lead.lead_id, status=pb.LEAD_STATUS_CONTACTED),
                 metadata=idempotency(new_key()))
 
     async def subscriber(n: int, total: int) -> list[str]:

@@ -103,7 +103,8 @@ async def test_a_retry_storm_on_two_replicas_of_each_service_makes_one_effect_pe
 
             attempts, answers = await storm(confirm)
             confirmed = await booking_stubs[1].ListAppointments(
-                bookings_pb2.ListAppointmentsRequest(status=bookings_pb2.CONFIRMED, page_size=200))
+                bookings_pb2.ListAppointmentsRequest(
+                    status=bookings_pb2.APPOINTMENT_STATUS_CONFIRMED, page_size=200))
             assert len(confirmed.appointments) == KEYS and all(len(a) == 1 for a in answers)
             changes = [await booking_stubs[0].ListAppointmentChanges(
                 bookings_pb2.ListAppointmentChangesRequest(appointment_id=a.appointment_id))

@@ -47,7 +47,8 @@ def test_grpcurl_creates_and_moves_a_lead_and_a_retry_is_replayed(
     first = grpcurl(*create)
     assert first.returncode == 0, first.stderr
     lead = json.loads(first.stdout)
-    assert (lead["phone"], lead["status"], lead["version"]) == ("+14155550123", "NEW", "1")
+    assert (lead["phone"], lead["status"], lead["version"]) == ("+14155550123",
+                                                                "LEAD_STATUS_NEW", "1")
 
     again = grpcurl("-v", *create)
     contents = again.stdout.split("Response contents:\n", 1)[1].split("\n\nResponse trailers")[0]
@@ -56,9 +57,10 @@ def test_grpcurl_creates_and_moves_a_lead_and_a_retry_is_replayed(
     assert "idempotent-replayed: true" in headers.split("Response contents:")[0]
 
     moved = grpcurl("-H", BEARER, "-H", "idempotency-key: grpcurl-move-1",
-                     "-d", json.dumps({"lead_id": lead["lead_id"], "status": "QUALIFIED"}),
+                     "-d", json.dumps({"lead_id": lead["lead_id"],
+                                       "status": "LEAD_STATUS_QUALIFIED"}),
                      target, "crm.leads.v1.LeadsService/UpdateLeadStatus")
-    assert json.loads(moved.stdout)["status"] == "QUALIFIED"
+    assert json.loads(moved.stdout)["status"] == "LEAD_STATUS_QUALIFIED"
 
 
 def test_grpcurl_sees_the_rich_error_of_a_refusal(leads_process: ServiceProcess) -> None:

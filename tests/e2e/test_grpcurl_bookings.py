@@ -55,7 +55,7 @@ def test_grpcurl_finds_the_service_and_confirms_an_appointment_and_a_retry_is_re
         "start_time": "2031-03-03T09:00:00Z", "end_time": "2031-03-03T09:30:00Z",
     }, "grpcurl-book-1")
     assert (booked["status"], booked["version"], booked["start_time"]) == (
-        "PENDING", "1", "2031-03-03T09:00:00Z")
+        "APPOINTMENT_STATUS_PENDING", "1", "2031-03-03T09:00:00Z")
 
     body = json.dumps({"appointment_id": booked["appointment_id"]})
     confirm = ["-H", BEARER, "-H", "idempotency-key: grpcurl-confirm-1", "-d", body,
@@ -64,7 +64,7 @@ def test_grpcurl_finds_the_service_and_confirms_an_appointment_and_a_retry_is_re
     assert first.returncode == 0, first.stderr
     confirmed = json.loads(first.stdout)
     assert (confirmed["status"], confirmed["confirmed_by"], confirmed["version"]) == (
-        "CONFIRMED", "alice", "2")
+        "APPOINTMENT_STATUS_CONFIRMED", "alice", "2")
     assert "confirmed_at" in confirmed
 
     again = grpcurl("-v", *confirm)

@@ -51,12 +51,13 @@ def test_grpc_js_creates_retries_moves_and_subscribes_like_any_client(
     assert retried == created, "the retry with the same key got the stored response"
     assert (seen["first_header"], seen["replayed_header"]) == (None, "true")
     assert (created["phone"], created["status"], created["version"]) == (
-        "+14155550199", "NEW", "1")
+        "+14155550199", "LEAD_STATUS_NEW", "1")
 
     events = seen["events"]
     assert isinstance(events, list)
     assert [e["type"] for e in events] == ["bookmark", "lead.status_changed", "lead.status_changed"]
-    assert [e["to_status"] for e in events[1:]] == ["CONTACTED", "QUALIFIED"]
+    assert [e["to_status"] for e in events[1:]] == ["LEAD_STATUS_CONTACTED",
+                                                    "LEAD_STATUS_QUALIFIED"]
     assert seen["resumed"] == [
         {**events[1], "type": "bookmark", "head_cursor": events[2]["cursor"], "to_status": None,
          "lead_id": ""},
@@ -67,4 +68,4 @@ def test_grpc_js_creates_retries_moves_and_subscribes_like_any_client(
     assert "cannot move from qualified to new" in refused["details"]
     fetched = seen["fetched"]
     assert isinstance(fetched, dict)
-    assert (fetched["status"], fetched["version"]) == ("QUALIFIED", "3")
+    assert (fetched["status"], fetched["version"]) == ("LEAD_STATUS_QUALIFIED", "3")

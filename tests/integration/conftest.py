@@ -10,7 +10,9 @@ import pytest
 from crm.leads.v1 import leads_pb2 as leads_pb
 from crm.leads.v1 import leads_pb2_grpc
 
+from services.bookings.bootstrap import SPEC as BOOKINGS
 from services.leads.bootstrap import SPEC as LEADS
+from services.messaging.bootstrap import SPEC as MESSAGING
 from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService
 from tests.support.servers import environment, start_in_process
@@ -26,6 +28,24 @@ async def leads_server(service_env: dict[str, str]) -> AsyncIterator[RunningServ
     running = await start_in_process(LEADS, service_env)
     yield running
     await running.stop(grace=1, drain=0)
+
+
+@pytest.fixture
+async def servers(new_database: Callable[[str], str], tmp_path: Path
+                  ) -> AsyncIterator[dict[str, RunningService]]:
+    """All three services, each on a database of its own, bookings and messaging
+    looking leads up in the leads server."""
+    running: dict[str, RunningService] = {}
+    env = environment("", tmp_path)
+    running["leads"] = await start_in_process(LEADS, {**env,
+                                                      "CRM_DATABASE_URL": new_database("leads")})
+    for name, spec in (("bookings", BOOKINGS), ("messaging", MESSAGING)):
+        running[name] = await start_in_process(spec, {
+            **env, "CRM_DATABASE_URL": new_database(name),
+            "CRM_LEADS_TARGET": running["leads"].target})
+    yield running
+    for server in running.values():
+        await server.stop(grace=1, drain=0)
 
 
 @pytest.fixture

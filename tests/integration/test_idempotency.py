@@ -1,4 +1,4 @@
-"""Idempotency keys, exactly as DESIGN.md states them, through the leads service."""
+"""Idempotency keys, exactly as docs/design.md states them, through the leads service."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from services.leads.adapters import SqlLeadsUnitOfWork
 from services.leads.adapters import leads as leads_table
 from services.leads.bootstrap import SPEC as LEADS
+from services.shared import sql
 from services.shared.clients import idempotency, new_key
 from services.shared.errors import Unavailable
 from services.shared.server import RunningService, purge_once
@@ -28,9 +29,14 @@ Stub = leads_pb2_grpc.LeadsServiceStub
 REQUEST = pb.CreateLeadRequest(name="Grace Hopper", phone="+14155550100")
 
 
-async def count_leads(server: RunningService) -> int:
-    async with server.runtime.db.transaction(write=False) as conn:
-        return int((await conn.execute(select(func.count()).select_from(leads_table))).scalar_one())
+async def count_leads(server: RunningService, org: str = "default") -> int:
+    """The org's leads, read as the services read (on PostgreSQL in its scope)."""
+    async with server.runtime.storage.db.transaction(write=False) as conn:
+        if server.runtime.storage.postgres:
+            sql.scope(conn, org, every_statement=True)
+        rows = await sql.rows(conn, select(func.count()).select_from(leads_table)
+                              .where(leads_table.c.org == org))
+        return int(rows[0][0])
 
 
 async def call_with_metadata(stub: Stub, key: str, request: pb.CreateLeadRequest = REQUEST
@@ -100,8 +106,8 @@ async def test_keys_are_scoped_per_principal_so_one_never_sees_anothers_response
 async def test_keys_are_scoped_per_rpc(leads: Stub) -> None:
     key = new_key()
     lead = await create_lead(leads, key=key)
-    moved = await move(leads, lead.lead_id, pb.CONTACTED, key=key)
-    assert moved.status == pb.CONTACTED
+    moved = await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED, key=key)
+    assert moved.status == pb.LEAD_STATUS_CONTACTED
 
 
 async def test_a_final_refusal_is_stored_and_replayed_even_after_the_state_changed(
@@ -110,10 +116,11 @@ async def test_a_final_refusal_is_stored_and_replayed_even_after_the_state_chang
     lead = await create_lead(leads)
     key = new_key()
     with pytest.raises(grpc.aio.AioRpcError) as first:
-        await move(leads, lead.lead_id, pb.CONTACTED, key=key, expected_version=2)
-    await move(leads, lead.lead_id, pb.QUALIFIED)  # the lead is at version 2 now
+        await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED, key=key, expected_version=2)
+    await move(leads, lead.lead_id, pb.LEAD_STATUS_QUALIFIED)  # the lead is at version 2 now
     call = leads.UpdateLeadStatus(
-        pb.UpdateLeadStatusRequest(lead_id=lead.lead_id, status=pb.CONTACTED, expected_version=2),
+        pb.UpdateLeadStatusRequest(lead_id=lead.lead_id, status=pb.LEAD_STATUS_CONTACTED,
+                                   expected_version=2),
         metadata=idempotency(key),
     )
     with pytest.raises(grpc.aio.AioRpcError) as again:
@@ -127,7 +134,7 @@ async def test_a_not_found_outcome_is_replayed(leads: Stub) -> None:
     key = new_key()
     for _ in range(2):
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await move(leads, "missing", pb.WON, key=key)
+            await move(leads, "missing", pb.LEAD_STATUS_WON, key=key)
         assert refusal(failed.value).reason == "LEAD_NOT_FOUND"
 
 
@@ -142,10 +149,10 @@ class FlakyUnitOfWork(SqlLeadsUnitOfWork):
 
     failures: ClassVar[list[BaseException]] = []
 
-    async def commit(self) -> None:
+    async def commit(self, outcome: object = None) -> None:
         if FlakyUnitOfWork.failures:
             raise FlakyUnitOfWork.failures.pop(0)
-        await super().commit()
+        await super().commit(outcome)
 
 
 @pytest.fixture
@@ -186,7 +193,7 @@ async def test_the_client_retry_policy_resends_the_key_so_a_transient_failure_ha
     stub = Stub(channel_for(flaky_server.target, "alice"))
     FlakyUnitOfWork.failures.extend([Blip("down"), Blip("still down")])
     lead, headers = await call_with_metadata(stub, new_key())
-    assert lead.status == pb.NEW and "idempotent-replayed" not in headers
+    assert lead.status == pb.LEAD_STATUS_NEW and "idempotent-replayed" not in headers
     assert not FlakyUnitOfWork.failures
     assert await count_leads(flaky_server) == 1
 
@@ -197,7 +204,7 @@ async def test_a_dropped_connection_at_commit_is_retried_inside_the_service(
     stub = Stub(channel_for(flaky_server.target, "alice"))
     FlakyUnitOfWork.failures.append(ConnectionResetError("connection reset by peer"))
     lead = await create_lead(stub)
-    assert lead.status == pb.NEW
+    assert lead.status == pb.LEAD_STATUS_NEW
     assert await count_leads(flaky_server) == 1
 
 
@@ -229,10 +236,45 @@ async def test_a_key_past_its_ttl_runs_again_and_expired_keys_are_purged(
         stub = Stub(channel_for(running.target, "alice"))
         key = new_key()
         first, _ = await call_with_metadata(stub, key)
+        # Another org's key too: housekeeping purges every org's (the system scope).
+        await call_with_metadata(Stub(channel_for(running.target, "carol@acme")), key)
         await asyncio.sleep(1.2)
-        assert await purge_once(running.runtime) == (1, 0)
+        assert await purge_once(running.runtime) == (2, 0)
         second, headers = await call_with_metadata(stub, key)
         assert second.lead_id != first.lead_id and "idempotent-replayed" not in headers
-        assert await count_leads(running) == 2
+        assert await count_leads(running) == 2  # alice's two (count_leads: her org's)
+    finally:
+        await running.stop(grace=1, drain=0)
+
+
+async def test_a_key_held_by_a_stranded_call_is_in_use_at_once_and_never_stored(
+    postgres_url: str, tmp_path: Path, channel_for: Callable[..., grpc.aio.Channel],
+) -> None:
+    """A call cut off from the database mid-transaction keeps its key's lock until
+    PostgreSQL notices; a retry elsewhere is IDEMPOTENCY_KEY_IN_USE at once (not
+    UNAVAILABLE at its deadline, waiting on the stranded holder), and that answer is
+    not stored: once the holder is gone the key runs."""
+    import hashlib
+
+    import psycopg
+
+    running = await start_in_process(LEADS, environment(postgres_url, tmp_path))
+    try:
+        stub = Stub(channel_for(running.target, "alice", retries=False))
+        key = new_key()
+        digest = hashlib.sha256(
+            f"default\0alice\0/crm.leads.v1.LeadsService/CreateLead\0{key}".encode()).digest()
+        lock = int.from_bytes(digest[:8], "big", signed=True)
+        async with await psycopg.AsyncConnection.connect(postgres_url) as stranded:
+            await stranded.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+            # Waiting on the holder would end UNAVAILABLE at the deadline instead.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CreateLead(REQUEST, metadata=idempotency(key), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.ABORTED
+            assert refusal(refused.value).reason == "IDEMPOTENCY_KEY_IN_USE"
+            await stranded.rollback()
+        lead = await stub.CreateLead(REQUEST, metadata=idempotency(key), timeout=5)
+        assert lead.status == pb.LEAD_STATUS_NEW
+        assert await count_leads(running) == 1
     finally:
         await running.stop(grace=1, drain=0)

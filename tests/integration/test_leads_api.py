@@ -23,7 +23,7 @@ async def test_a_created_lead_is_new_at_version_one_and_stored_in_e164(leads: St
         metadata=idempotency(new_key()),
     )
     assert (lead.name, lead.phone, lead.status, lead.version) == (
-        "Ada Lovelace", "+14155550123", pb.NEW, 1)
+        "Ada Lovelace", "+14155550123", pb.LEAD_STATUS_NEW, 1)
     assert lead.created_by == "alice"
     assert lead.created_at.seconds > 0 and lead.updated_at == lead.created_at
     assert await leads.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id)) == lead
@@ -56,15 +56,15 @@ async def test_a_lead_moves_forward_and_its_audit_trail_records_who_when_and_the
     leads: Stub,
 ) -> None:
     lead = await create_lead(leads)
-    await move(leads, lead.lead_id, pb.CONTACTED, key="first-key")
-    moved = await move(leads, lead.lead_id, pb.PROPOSAL_SENT, key="second-key")
-    assert (moved.status, moved.version) == (pb.PROPOSAL_SENT, 3)
+    await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED, key="first-key")
+    moved = await move(leads, lead.lead_id, pb.LEAD_STATUS_PROPOSAL_SENT, key="second-key")
+    assert (moved.status, moved.version) == (pb.LEAD_STATUS_PROPOSAL_SENT, 3)
 
     trail = (await leads.ListStatusChanges(pb.ListStatusChangesRequest(lead_id=lead.lead_id)))
     assert [(c.from_status, c.to_status, c.actor, c.idempotency_key, c.version)
             for c in trail.status_changes] == [
-        (pb.NEW, pb.CONTACTED, "alice", "first-key", 2),
-        (pb.CONTACTED, pb.PROPOSAL_SENT, "alice", "second-key", 3),
+        (pb.LEAD_STATUS_NEW, pb.LEAD_STATUS_CONTACTED, "alice", "first-key", 2),
+        (pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_PROPOSAL_SENT, "alice", "second-key", 3),
     ]
     assert all(c.changed_at.seconds > 0 for c in trail.status_changes)
 
@@ -75,7 +75,7 @@ async def test_the_audit_trail_names_the_principal_that_made_each_change(
     alice = Stub(channel_for(leads_server.target, "alice"))
     bob = Stub(channel_for(leads_server.target, "bob"))
     lead = await create_lead(alice)
-    await move(bob, lead.lead_id, pb.LOST)
+    await move(bob, lead.lead_id, pb.LEAD_STATUS_LOST)
     trail = await alice.ListStatusChanges(pb.ListStatusChangesRequest(lead_id=lead.lead_id))
     assert [c.actor for c in trail.status_changes] == ["bob"]
 
@@ -83,9 +83,9 @@ async def test_the_audit_trail_names_the_principal_that_made_each_change(
 @pytest.mark.parametrize(
     ("path", "target", "reason"),
     [
-        ([pb.CONTACTED], pb.NEW, "INVALID_STATUS_TRANSITION"),
-        ([pb.WON], pb.LOST, "INVALID_STATUS_TRANSITION"),
-        ([pb.QUALIFIED], pb.QUALIFIED, "STATUS_UNCHANGED"),
+        ([pb.LEAD_STATUS_CONTACTED], pb.LEAD_STATUS_NEW, "INVALID_STATUS_TRANSITION"),
+        ([pb.LEAD_STATUS_WON], pb.LEAD_STATUS_LOST, "INVALID_STATUS_TRANSITION"),
+        ([pb.LEAD_STATUS_QUALIFIED], pb.LEAD_STATUS_QUALIFIED, "STATUS_UNCHANGED"),
     ],
 )
 async def test_refused_moves_are_failed_precondition_with_the_reason_and_change_nothing(
@@ -103,9 +103,9 @@ async def test_refused_moves_are_failed_precondition_with_the_reason_and_change_
 
 async def test_a_stale_expected_version_is_aborted_with_version_mismatch(leads: Stub) -> None:
     lead = await create_lead(leads)
-    await move(leads, lead.lead_id, pb.CONTACTED, expected_version=1)
+    await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED, expected_version=1)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await move(leads, lead.lead_id, pb.QUALIFIED, expected_version=1)
+        await move(leads, lead.lead_id, pb.LEAD_STATUS_QUALIFIED, expected_version=1)
     refused = refusal(failed.value)
     assert (refused.code, refused.reason) == (grpc.StatusCode.ABORTED, "VERSION_MISMATCH")
     assert refused.metadata["actual_version"] == "2"
@@ -121,7 +121,7 @@ async def test_an_unspecified_status_is_an_invalid_argument_naming_the_field(lea
 async def test_list_leads_pages_newest_first_and_filters_by_status(leads: Stub) -> None:
     created = [await create_lead(leads, name=f"Lead {i}") for i in range(5)]
     for lead in created[:3]:
-        await move(leads, lead.lead_id, pb.CONTACTED)
+        await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
 
     first = await leads.ListLeads(pb.ListLeadsRequest(page_size=2))
     second = await leads.ListLeads(
@@ -132,7 +132,8 @@ async def test_list_leads_pages_newest_first_and_filters_by_status(leads: Stub) 
     assert names == [f"Lead {i}" for i in reversed(range(5))]
     assert third.next_page_token == ""
 
-    contacted = await leads.ListLeads(pb.ListLeadsRequest(status=pb.CONTACTED, page_size=10))
+    contacted = await leads.ListLeads(pb.ListLeadsRequest(status=pb.LEAD_STATUS_CONTACTED,
+                                                          page_size=10))
     assert sorted(x.name for x in contacted.leads) == ["Lead 0", "Lead 1", "Lead 2"]
 
 
@@ -143,27 +144,30 @@ async def test_a_page_token_is_refused_with_other_filters_and_page_sizes_are_bou
         await create_lead(leads, name=f"Lead {i}")
     page = await leads.ListLeads(pb.ListLeadsRequest(page_size=1))
     for request in (
-        pb.ListLeadsRequest(status=pb.WON, page_token=page.next_page_token),
+        pb.ListLeadsRequest(status=pb.LEAD_STATUS_WON, page_token=page.next_page_token),
         pb.ListLeadsRequest(page_token="garbage!"),
-        pb.ListLeadsRequest(page_size=201),
         pb.ListLeadsRequest(page_size=-1),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await leads.ListLeads(request)
         assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert set(refusal(failed.value).fields) <= {"page_token", "page_size"}
+    # Above the maximum a page size is the maximum (AIP-158), not a refusal.
+    everything = await leads.ListLeads(pb.ListLeadsRequest(page_size=2**31 - 1))
+    assert len(everything.leads) >= 3
 
 
 async def test_a_batch_moves_every_lead_and_reports_those_already_there(leads: Stub) -> None:
     a, b, c = [await create_lead(leads, name=n) for n in "abc"]
-    await move(leads, c.lead_id, pb.QUALIFIED)
+    await move(leads, c.lead_id, pb.LEAD_STATUS_QUALIFIED)
     result = await leads.BatchUpdateLeadStatus(
         pb.BatchUpdateLeadStatusRequest(lead_ids=[a.lead_id, b.lead_id, c.lead_id],
-                                        status=pb.QUALIFIED),
+                                        status=pb.LEAD_STATUS_QUALIFIED),
         metadata=idempotency(new_key()),
     )
     assert [x.lead_id for x in result.updated_leads] == [a.lead_id, b.lead_id]
-    assert all(x.status == pb.QUALIFIED and x.version == 2 for x in result.updated_leads)
+    assert all((x.status, x.version) == (pb.LEAD_STATUS_QUALIFIED, 2)
+               for x in result.updated_leads)
     assert list(result.unchanged_lead_ids) == [c.lead_id]
 
 
@@ -171,12 +175,13 @@ async def test_a_batch_with_any_refusal_changes_nothing_and_names_every_offender
     leads: Stub,
 ) -> None:
     a, won, lost = [await create_lead(leads, name=n) for n in ("a", "won", "lost")]
-    await move(leads, won.lead_id, pb.WON)
-    await move(leads, lost.lead_id, pb.LOST)
+    await move(leads, won.lead_id, pb.LEAD_STATUS_WON)
+    await move(leads, lost.lead_id, pb.LEAD_STATUS_LOST)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await leads.BatchUpdateLeadStatus(
             pb.BatchUpdateLeadStatusRequest(
-                lead_ids=[a.lead_id, won.lead_id, lost.lead_id, "missing"], status=pb.NEGOTIATING
+                lead_ids=[a.lead_id, won.lead_id, lost.lead_id, "missing"],
+                status=pb.LEAD_STATUS_NEGOTIATING,
             ),
             metadata=idempotency(new_key()),
         )
@@ -188,7 +193,7 @@ async def test_a_batch_with_any_refusal_changes_nothing_and_names_every_offender
         ("LEAD_NOT_FOUND", "leads/missing"),
     ]
     untouched = await leads.GetLead(pb.GetLeadRequest(lead_id=a.lead_id))
-    assert (untouched.status, untouched.version) == (pb.NEW, 1)
+    assert (untouched.status, untouched.version) == (pb.LEAD_STATUS_NEW, 1)
     trail = await leads.ListStatusChanges(pb.ListStatusChangesRequest(lead_id=a.lead_id))
     assert list(trail.status_changes) == []
 
@@ -203,7 +208,7 @@ async def test_a_batch_that_is_empty_too_long_or_repeats_a_lead_is_refused(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await leads.BatchUpdateLeadStatus(
-            pb.BatchUpdateLeadStatusRequest(lead_ids=lead_ids, status=pb.WON),
+            pb.BatchUpdateLeadStatusRequest(lead_ids=lead_ids, status=pb.LEAD_STATUS_WON),
             metadata=idempotency(new_key()),
         )
     assert field in refusal(failed.value).fields
@@ -211,7 +216,7 @@ async def test_a_batch_that_is_empty_too_long_or_repeats_a_lead_is_refused(
 
 async def test_status_changes_page_in_order_and_an_unknown_lead_is_not_found(leads: Stub) -> None:
     lead = await create_lead(leads)
-    for status in (pb.CONTACTED, pb.QUALIFIED, pb.NEGOTIATING):
+    for status in (pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_QUALIFIED, pb.LEAD_STATUS_NEGOTIATING):
         await move(leads, lead.lead_id, status)
     first = await leads.ListStatusChanges(
         pb.ListStatusChangesRequest(lead_id=lead.lead_id, page_size=2))
@@ -229,3 +234,38 @@ async def test_injection_strings_are_stored_and_returned_literally(leads: Stub) 
     lead = await create_lead(leads, name=name)
     assert (await leads.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id))).name == name
     assert len((await leads.ListLeads(pb.ListLeadsRequest())).leads) == 1
+
+
+async def test_leads_are_found_by_phone_however_the_number_is_written(leads: Stub) -> None:
+    ada = await create_lead(leads, "Ada Lovelace", "+1 415 555 0188")
+    await create_lead(leads, "Someone Else", "+1 415 555 0189")
+    for written in ("(415) 555-0188", "+14155550188", "415.555.0188", "+1 415-555-0188"):
+        found = await leads.ListLeads(pb.ListLeadsRequest(phone=written))
+        assert [lead.lead_id for lead in found.leads] == [ada.lead_id], written
+    twin = await create_lead(leads, "Ada's Office", "415 555 0188")  # a second, deliberately
+    found = await leads.ListLeads(pb.ListLeadsRequest(phone="4155550188", page_size=1))
+    rest = await leads.ListLeads(pb.ListLeadsRequest(phone="4155550188",
+                                                     page_token=found.next_page_token))
+    assert [x.lead_id for x in [*found.leads, *rest.leads]] == [twin.lead_id, ada.lead_id]
+    assert list((await leads.ListLeads(pb.ListLeadsRequest(phone="+44 20 7946 0958"))).leads) == []
+
+
+async def test_a_phone_filter_that_is_no_number_is_refused_naming_phone(leads: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await leads.ListLeads(pb.ListLeadsRequest(phone="12"))
+    refused = refusal(failed.value)
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid phone number" in refused.fields["phone"]
+
+
+@pytest.mark.parametrize(("written", "shown"), [
+    ("(415) 555-0123", "+1 415-555-0123"),
+    ("+44 20 7946 0958", "+44 20 7946 0958"),
+    ("+49 30 901820", "+49 30 901820"),
+])
+async def test_a_lead_carries_its_number_as_its_own_country_writes_it(
+    leads: Stub, written: str, shown: str
+) -> None:
+    lead = await create_lead(leads, "Ada Lovelace", written)
+    assert lead.phone_display == shown
+    assert (await leads.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id))).phone_display == shown

@@ -11,7 +11,7 @@ import grpc
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
 
-from tests.support.servers import ServiceProcess, environment
+from tests.support.servers import ServiceProcess, environment, wait_until
 
 
 def served(replica: ServiceProcess, rpc: str) -> int:
@@ -37,7 +37,8 @@ async def test_a_channel_spreads_calls_over_replicas_and_skips_one_that_dies(
             channel_for(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"))
         for _ in range(20):
             await stub.ListLeads(pb.ListLeadsRequest(), timeout=5)
-        await asyncio.sleep(0.3)  # the access log lines reach our reader
+        # Every call's access log line reaches our reader.
+        await wait_until(lambda: served(a, "ListLeads") + served(b, "ListLeads") == 20)
         assert served(a, "ListLeads") >= 5 and served(b, "ListLeads") >= 5
         a.kill()
         for _ in range(20):  # every call still answered: the survivor takes them

@@ -12,7 +12,7 @@ from __future__ import annotations
 import grpc
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from services.shared.clients import idempotency, new_key
@@ -52,23 +52,41 @@ async def test_create_lead_stores_what_it_accepts_and_names_what_it_refuses(
         proper(error, {"name", "phone", "email"})
         return
     assert lead.name == name.strip() and lead.email == email.strip()
-    assert lead.phone.startswith("+") and lead.status == pb.NEW
+    assert lead.phone.startswith("+") and lead.status == pb.LEAD_STATUS_NEW
     assert await leads.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id)) == lead
 
 
-@given(lead_id=TEXT, status=st.integers(min_value=-5, max_value=20),
-       expected=st.one_of(st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1)))
+@given(lead_id=st.one_of(st.none(), TEXT),
+       status=st.one_of(st.integers(min_value=1, max_value=7),
+                        st.integers(min_value=-5, max_value=20)),
+       expected=st.one_of(st.none(), st.sampled_from([0, 1, 2]),
+                          st.integers(min_value=-(2**63), max_value=2**63 - 1)))
+@example(lead_id=None, status=pb.LEAD_STATUS_QUALIFIED, expected=1)  # good
+@example(lead_id=None, status=pb.LEAD_STATUS_NEW, expected=None)  # already NEW
+@example(lead_id=None, status=pb.LEAD_STATUS_WON, expected=2)  # a stale version
 @EXAMPLES
 async def test_update_status_refuses_bad_ids_statuses_and_versions_cleanly(
-    leads: leads_pb2_grpc.LeadsServiceStub, lead_id: str, status: int, expected: int | None
+    leads: leads_pb2_grpc.LeadsServiceStub, lead_id: str | None, status: int,
+    expected: int | None,
 ) -> None:
-    request = pb.UpdateLeadStatusRequest(lead_id=lead_id, status=status)  # type: ignore[arg-type]
+    """A move succeeds exactly when it is a good one: an existing lead (None draws a
+    new lead's id), a status a NEW lead may move to, no version or its own."""
+    lead = await leads.CreateLead(pb.CreateLeadRequest(name="Ada", phone="+14155550123"),
+                                  metadata=idempotency(new_key()))
+    request = pb.UpdateLeadStatusRequest(lead_id=lead.lead_id if lead_id is None else lead_id,
+                                         status=status)  # type: ignore[arg-type]
     if expected is not None:
         request.expected_version = expected
+    good = (lead_id is None and pb.LEAD_STATUS_CONTACTED <= status <= pb.LEAD_STATUS_LOST
+            and expected in (None, lead.version))
     try:
-        await leads.UpdateLeadStatus(request, metadata=idempotency(new_key()))
+        moved = await leads.UpdateLeadStatus(request, metadata=idempotency(new_key()))
     except grpc.aio.AioRpcError as error:
         proper(error, {"lead_id", "status"})
+        assert not good, f"a good move was refused: {request}"
+        return
+    assert good, f"a bad move succeeded: {request}"
+    assert (moved.lead_id, moved.status, moved.version) == (lead.lead_id, status, 2)
 
 
 @given(lead_ids=st.lists(TEXT, max_size=120), status=st.integers(min_value=0, max_value=9))

@@ -57,7 +57,7 @@ async def test_a_key_raced_on_both_replicas_has_one_effect(
 
     async def attempt(stub: Stub) -> str:
         try:
-            moved = await move(stub, lead.lead_id, pb.CONTACTED, key=key)
+            moved = await move(stub, lead.lead_id, pb.LEAD_STATUS_CONTACTED, key=key)
             return f"version {moved.version}"
         except grpc.aio.AioRpcError as error:
             return refusal(error).reason
@@ -81,7 +81,7 @@ async def test_a_subscriber_on_one_replica_sees_every_event_of_both_in_one_order
         ids = []
         for i in range(n):
             lead = await create_lead(stub, name=f"w{i}")
-            await move(stub, lead.lead_id, pb.CONTACTED)
+            await move(stub, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
             ids.append(lead.lead_id)
         return ids
 

@@ -63,14 +63,14 @@ const leadId = first.response.lead_id;
 
 const live = subscribe({ lead_ids: [leadId] }, 3);
 await new Promise((r) => setTimeout(r, 300));  // the stream goes live with its bookmark
-await unary("UpdateLeadStatus", { lead_id: leadId, status: "CONTACTED" }, `${key}-move-1`);
-await unary("UpdateLeadStatus", { lead_id: leadId, status: "QUALIFIED" }, `${key}-move-2`);
+await unary("UpdateLeadStatus", { lead_id: leadId, status: "LEAD_STATUS_CONTACTED" }, `${key}-move-1`);
+await unary("UpdateLeadStatus", { lead_id: leadId, status: "LEAD_STATUS_QUALIFIED" }, `${key}-move-2`);
 const events = await live;
 const resumed = await subscribe({ lead_ids: [leadId], after_cursor: events[1].cursor }, 2);
 
 let refused = null;
 try {
-  await unary("UpdateLeadStatus", { lead_id: leadId, status: "NEW" }, `${key}-move-3`);
+  await unary("UpdateLeadStatus", { lead_id: leadId, status: "LEAD_STATUS_NEW" }, `${key}-move-3`);
 } catch (error) {
   refused = { code: error.code, details: error.details };
 }

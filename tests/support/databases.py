@@ -3,6 +3,11 @@
 PostgreSQL is used when it answers on CRM_TEST_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres). With CI=true it must answer:
 the suite fails rather than skip it.
+
+The services connect to them as SERVICE_ROLE, an ordinary role (no superuser,
+no BYPASSRLS) that owns the database, as in production (README: "The database
+role"): row-level security binds every test, not only the one that checks it.
+Tests that look at every org's rows at once connect with `admin_url`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ ADMIN_URL = os.environ.get(
 )
 REQUIRED = os.environ.get("CI", "").lower() == "true"
 PREFIX = f"crmtest_{secrets.token_hex(3)}"
+# The role the services connect as: it owns its databases, and no more.
+SERVICE_ROLE = "crm_service"
 
 
 def postgres_answers() -> bool:
@@ -30,9 +37,28 @@ def postgres_answers() -> bool:
         return False
 
 
-def _url_for(name: str) -> str:
+def _url_for(name: str, user: str | None = None) -> str:
     base, _, _ = ADMIN_URL.rpartition("/")
-    return f"{base}/{name}"
+    url = f"{base}/{name}"
+    if user is not None:
+        scheme, _, rest = url.partition("://")
+        url = f"{scheme}://{user}@{rest.rpartition('@')[2]}"
+    return url
+
+
+def admin_url(url: str) -> str:
+    """The same database as the administrator (a superuser: row-level security
+    does not bind it), to look at every org's rows at once."""
+    return _url_for(url.rpartition("/")[2])
+
+
+def ensure_service_role(conn: psycopg.Connection) -> None:
+    """SERVICE_ROLE, made once per cluster (other sessions may race to make it)."""
+    conn.execute(f"""
+        DO $$ BEGIN
+            CREATE ROLE {SERVICE_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END $$""")
 
 
 class PostgresDatabases:
@@ -42,11 +68,13 @@ class PostgresDatabases:
         self.created: list[str] = []
 
     def create(self) -> str:
+        """A fresh database owned by SERVICE_ROLE; its URL connects as that role."""
         name = f"{PREFIX}_{len(self.created)}"
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            ensure_service_role(conn)
+            conn.execute(f'CREATE DATABASE "{name}" OWNER {SERVICE_ROLE}')
         self.created.append(name)
-        return _url_for(name)
+        return _url_for(name, SERVICE_ROLE)
 
     def drop_all(self) -> None:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:

@@ -17,17 +17,28 @@ from pathlib import Path
 
 from services.shared.config import Settings
 from services.shared.server import RunningService, ServiceSpec, start
+from tests.support import leaks
 
 ROOT = Path(__file__).resolve().parents[2]
+# Keyed by the CRM_API_TOKENS spelling of who holds the token: alice and bob are
+# agents of the org `default`; carol an agent of `acme`, dave a viewer there;
+# vera a viewer and ada an admin of `default`; the rest are the services.
 TOKENS = {
     "alice": "alice-token-0123456789abcdef",
     "bob": "bob-token-0123456789abcdef",
+    "carol@acme": "carol-acme-token-0123456789abcdef",
+    "dave@acme/viewer": "dave-acme-viewer-token-0123456789",
+    "vera/viewer": "vera-viewer-token-0123456789abcdef",
+    "ada/admin": "ada-admin-token-0123456789abcdef",
     "leads": "leads-service-token-0123456789",
     "bookings": "bookings-service-token-0123456789",
     "messaging": "messaging-service-token-0123456789",
     "gateway": "gateway-service-token-0123456789",
 }
 TOKENS_ENV = ",".join(f"{who}:{token}" for who, token in TOKENS.items())
+leaks.watch(leaks.secrets_in({"CRM_API_TOKENS": TOKENS_ENV}))
+# Every server process of the session, for tests/conftest.py to read their logs.
+PROCESSES: list[ServiceProcess] = []
 
 
 def environment(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -64,17 +75,24 @@ class ServiceProcess:
     args: list[str] = field(default_factory=list)
     # The module to run; default `services.<name>` (the gateway: "gateway").
     module: str = ""
+    # Where it runs: a command prefix (`ip netns exec <host>`) and the address
+    # it is reached at there (see tests.support.netlab).
+    prefix: list[str] = field(default_factory=list)
+    address: str = "127.0.0.1"
+    # How many of `log_lines` were already searched for secrets.
+    scanned: int = 0
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         # INFO at least: the line announcing the port is an INFO line.
         env = {**os.environ, **self.env, "CRM_LOG_LEVEL": "INFO"}
+        PROCESSES.append(self)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module or f"services.{self.name}", "--port", str(self.port),
-             *self.args],
+            [*self.prefix, sys.executable, "-m", self.module or f"services.{self.name}",
+             "--port", str(self.port), *self.args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -110,6 +128,12 @@ class ServiceProcess:
 
     def log(self) -> str:
         return "".join(self.log_lines)
+
+    def leaks(self) -> list[str]:
+        """Secrets of this process's environment found in log lines not yet searched."""
+        lines = self.log_lines[self.scanned:]
+        self.scanned += len(lines)
+        return leaks.found_in("".join(lines), leaks.secrets_in(self.env))
 
     def terminate(self, timeout: float = 15.0) -> int:
         assert self.process is not None

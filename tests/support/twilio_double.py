@@ -48,10 +48,11 @@ Scripted faults apply in the order given, each to its next `times` requests
 and sent.
 
 What it saw: `received` (every API request: method, path, form, the status it
-got), `requests` (their count), `sent` and `sent_to(number)` (the messages it
-accepted). Webhooks the other way, signed as Twilio signs them:
-`deliver(sid, status=…)` posts a status callback, `send_inbound(url, …)` an
-incoming text.
+got, when it arrived), `requests` (their count), `arrived` (every API request
+as it arrives, before any scripted delay or hold: when, and its form),
+`sent` and `sent_to(number)` (the messages it accepted). Webhooks the other
+way, signed as Twilio signs them: `deliver(sid, status=…)` posts a status
+callback, `send_inbound(url, …)` an incoming text.
 
 As a process: `python -m tests.support.twilio_double --port 0 --account-sid AC…
 --auth-token …` prints its base URL on the first line of stdout.
@@ -66,6 +67,7 @@ import contextlib
 import json
 import re
 import signal
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -216,10 +218,23 @@ class ReceivedRequest:
     query: dict[str, str]
     form: dict[str, str]
     status: int | None
+    # Wall-clock seconds (time.time()) when it arrived, before any delay or hold.
+    arrived_at: float = 0.0
 
     @property
     def succeeded(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An API request as it arrives, before it is answered (a held or slowed request
+    is here long before it is in `received`)."""
+
+    at: float  # wall-clock seconds, time.time(): comparable with other processes' clocks
+    method: str
+    path: str
+    form: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -232,11 +247,13 @@ class WebhookAnswer:
 
 @dataclass
 class _Fault:
-    kind: Literal["fail", "slow", "drop", "lose"]
+    kind: Literal["fail", "slow", "drop", "lose", "hold"]
     times: int | None  # None: until recovered
     status: int = 503
     retry_after: float | None = None
     seconds: float = 0.0
+    # A held request waits for this, then is answered normally.
+    release: asyncio.Event | None = None
 
 
 _LOSE_ANSWER = web.RequestKey("lose_answer", _Fault)
@@ -260,6 +277,7 @@ class TwilioDouble:
         self.received: list[ReceivedRequest] = []
         # API requests that arrived, counted as they arrive (before any delay).
         self.arrivals = 0
+        self.arrived: list[Arrival] = []
         self.messages: dict[str, Message] = {}
         self._faults: list[_Fault] = []
         self._rejections: dict[str, tuple[int, int]] = {}  # to → (status, code)
@@ -331,6 +349,14 @@ class TwilioDouble:
             raise ValueError("a delay cannot be negative")
         self._faults.append(_Fault("slow", _times(times), seconds=seconds))
 
+    def hold(self, *, times: int | None = 1) -> asyncio.Event:
+        """The next `times` requests wait, then are answered normally, once the event
+        returned is set: a test decides when Twilio answers. (`arrivals` counts them
+        as they arrive.) Stopping the double releases them."""
+        release = asyncio.Event()
+        self._faults.append(_Fault("hold", _times(times), release=release))
+        return release
+
     def drop(self, *, times: int | None = 1) -> None:
         """The next `times` requests get their connection closed, no answer."""
         self._faults.append(_Fault("drop", _times(times)))
@@ -363,6 +389,7 @@ class TwilioDouble:
         self.recover()
         self._rejections.clear()
         self.received.clear()
+        self.arrived.clear()
         self.messages.clear()
 
     # -- what it saw ----------------------------------------------------------
@@ -459,14 +486,16 @@ class TwilioDouble:
         """Apply the failures on command, then record what was asked and answered."""
         if request.path.startswith("/_control/"):
             return await handler(request)
+        arrived_at = time.time()
         self.arrivals += 1
         form = {k: str(v) for k, v in (await request.post()).items()}
+        self.arrived.append(Arrival(arrived_at, request.method, request.path, form))
         response = await self._misbehave(request)
         try:
             if response is None:
                 response = await handler(request)
         except web.HTTPException as refused:  # the router's 405 and the like
-            self._record(request, form, refused.status)
+            self._record(request, form, refused.status, arrived_at)
             raise
         lost = request.get(_LOSE_ANSWER)
         if lost is not None:
@@ -475,13 +504,14 @@ class TwilioDouble:
             if request.transport is not None:
                 request.transport.abort()
         dropped = request.transport is None or request.transport.is_closing()
-        self._record(request, form, None if dropped else response.status)
+        self._record(request, form, None if dropped else response.status, arrived_at)
         return response
 
-    def _record(self, request: web.Request, form: dict[str, str], status: int | None) -> None:
+    def _record(self, request: web.Request, form: dict[str, str], status: int | None,
+                arrived_at: float) -> None:
         self.received.append(ReceivedRequest(
             method=request.method, path=request.path, query=dict(request.query), form=form,
-            status=status,
+            status=status, arrived_at=arrived_at,
         ))
 
     async def _misbehave(self, request: web.Request) -> web.StreamResponse | None:
@@ -494,6 +524,16 @@ class TwilioDouble:
         if fault.kind == "slow":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), fault.seconds)
+            return None
+        if fault.kind == "hold":
+            assert fault.release is not None
+            closing = asyncio.ensure_future(self._closing.wait())
+            released = asyncio.ensure_future(fault.release.wait())
+            try:
+                await asyncio.wait({closing, released}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closing.cancel()
+                released.cancel()
             return None
         if fault.kind == "drop":
             if request.transport is not None:

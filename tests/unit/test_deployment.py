@@ -42,7 +42,10 @@ def test_each_server_runs_its_module_on_its_default_port(name: str) -> None:
     command = service(name)["command"]
     assert command[:3] == ["python", "-m", APPS[name]]
     assert (ROOT / APPS[name].replace(".", "/") / "__main__.py").is_file()
-    assert command[3:] == ["--port", str(DEFAULT_PORTS[name])]
+    assert command[3:5] == ["--port", str(DEFAULT_PORTS[name])]
+    # The services may serve from several processes (the gateway does not).
+    assert command[5:] in ([], ["--workers", f"${{{name.upper()}_WORKERS:-1}}"])
+    assert name != "gateway" or command[5:] == []
 
 
 @pytest.mark.parametrize("name", sorted(APPS))

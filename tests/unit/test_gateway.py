@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from crm.bookings.v1 import bookings_pb2
@@ -14,11 +15,14 @@ from multidict import MultiDict
 
 from gateway import errors, events, json_mapping, transcoding
 from gateway.config import Settings
+from gateway.ended_sessions import SqliteEndedSessions
 from gateway.errors import GatewayError
-from gateway.sessions import Sessions
+from gateway.hub import Entry
+from gateway.sessions import Sessions, _unb64
 from services.shared.config import ConfigError
 
 TOKENS = "alice:alice-token-0123456789,gateway:gateway-token-0123456789"
+ALICE = "alice-token-0123456789"
 
 
 def violations(error: GatewayError) -> dict[str, str]:
@@ -61,7 +65,8 @@ def test_every_annotated_method_of_the_contracts_becomes_a_route() -> None:
     assert ("POST", "/v1/leads/{lead_id}:updateStatus") in routes
     assert ("GET", "/v1/leads/{lead_id}/messages") in routes
     assert ("POST", "/v1/appointments/{appointment_id}:confirm") in routes
-    assert len(routes) == 17
+    assert ("POST", "/v1/messageTemplates/{template_id}:delete") in routes
+    assert len(routes) == 20  # the message templates' three among them
     names = {b.method.name for b in transcoding.bindings()}
     assert not names & {"Subscribe", "ReceiveInboundMessage", "RecordDeliveryStatus"}
 
@@ -79,18 +84,19 @@ def test_query_parameters_fill_scalars_enums_and_timestamps_as_grpc_gateway_does
     request = transcoding.request_from(binding("ListAppointments"), {}, query, b"")
     assert isinstance(request, bookings_pb2.ListAppointmentsRequest)
     assert (request.lead_id, request.agent_id, request.status, request.page_size) == (
-        "lead-1", "agent-7", bookings_pb2.CONFIRMED, 20)
+        "lead-1", "agent-7", bookings_pb2.APPOINTMENT_STATUS_CONFIRMED, 20)
     assert request.window_start.ToDatetime(UTC) == datetime(2031, 3, 3, 9, tzinfo=UTC)
 
 
 def test_nested_fields_go_by_dots_and_repeated_ones_by_repeated_keys() -> None:
     descriptor = leads_pb2.Event.DESCRIPTOR
     data = json_mapping.query_fields(descriptor, MultiDict([
-        ("lead.name", "Ada"), ("lead.version", "3"), ("lead.status", "WON"),
+        ("lead.name", "Ada"), ("lead.version", "3"), ("lead.status", "LEAD_STATUS_WON"),
         ("bookmark.head_cursor", "abc")]), set())
     event = json_mapping.parse(data, leads_pb2.Event())
     assert isinstance(event, leads_pb2.Event)
-    assert (event.lead.name, event.lead.version, event.lead.status) == ("Ada", 3, leads_pb2.WON)
+    assert (event.lead.name, event.lead.version, event.lead.status) == (
+        "Ada", 3, leads_pb2.LEAD_STATUS_WON)
     assert event.bookmark.head_cursor == "abc"
     subscribe = json_mapping.query_fields(leads_pb2.SubscribeRequest.DESCRIPTOR, MultiDict(
         [("lead_ids", "a"), ("leadIds", "b"), ("types", "lead.created")]), set())
@@ -99,7 +105,8 @@ def test_nested_fields_go_by_dots_and_repeated_ones_by_repeated_keys() -> None:
 
 @pytest.mark.parametrize(("query", "field"), [
     ("status=PROMOTED", "status"), ("pageSize=1.5", "pageSize"), ("page_size=x", "page_size"),
-    ("nope=1", "nope"), ("status=NEW&status=WON", "status"), ("page_token.x=1", "page_token.x"),
+    ("nope=1", "nope"), ("status=LEAD_STATUS_NEW&status=LEAD_STATUS_WON", "status"),
+    ("page_token.x=1", "page_token.x"),
     ("pageSize=1&page_size=2", "pageSize"),
 ])
 def test_bad_query_parameters_are_refused_naming_them(query: str, field: str) -> None:
@@ -112,13 +119,13 @@ def test_bad_query_parameters_are_refused_naming_them(query: str, field: str) ->
 def test_a_body_is_read_in_either_spelling_and_unknown_or_misshapen_fields_are_named() -> None:
     update = binding("UpdateLeadStatus")
     request = transcoding.request_from(update, {"v0": "lead-9"}, MultiDict(),
-                                       b'{"lead_id": "other", "status": "WON", '
+                                       b'{"lead_id": "other", "status": "LEAD_STATUS_WON", '
                                        b'"expected_version": "4"}')
     assert isinstance(request, leads_pb2.UpdateLeadStatusRequest)
-    assert (request.lead_id, request.status, request.expected_version) == ("lead-9",
-                                                                           leads_pb2.WON, 4)
+    assert (request.lead_id, request.status, request.expected_version) == (
+        "lead-9", leads_pb2.LEAD_STATUS_WON, 4)
     with pytest.raises(GatewayError) as unknown:
-        transcoding.request_from(update, {"v0": "x"}, MultiDict(), b'{"statuz": "WON"}')
+        transcoding.request_from(update, {"v0": "x"}, MultiDict(), b'{"statuz": "LEAD_STATUS_WON"}')
     assert set(violations(unknown.value)) == {"statuz"}
     with pytest.raises(GatewayError) as wrong:
         transcoding.request_from(update, {"v0": "x"}, MultiDict(), b'{"status": 3.5e9}')
@@ -133,9 +140,10 @@ def test_a_body_is_read_in_either_spelling_and_unknown_or_misshapen_fields_are_n
 def test_a_body_bound_to_one_field_leaves_the_rest_to_the_query() -> None:
     batch = dataclasses.replace(binding("BatchUpdateLeadStatus"), body="lead_ids",
                                 response_body="unchanged_lead_ids")
-    request = transcoding.request_from(batch, {}, MultiDict([("status", "WON")]), b'["a", "b"]')
+    request = transcoding.request_from(batch, {}, MultiDict([("status", "LEAD_STATUS_WON")]),
+                                       b'["a", "b"]')
     assert isinstance(request, leads_pb2.BatchUpdateLeadStatusRequest)
-    assert (list(request.lead_ids), request.status) == (["a", "b"], leads_pb2.WON)
+    assert (list(request.lead_ids), request.status) == (["a", "b"], leads_pb2.LEAD_STATUS_WON)
     with pytest.raises(GatewayError) as twice:
         transcoding.request_from(batch, {}, MultiDict([("leadIds", "c")]), b'["a"]')
     assert "leadIds" in violations(twice.value)
@@ -220,10 +228,19 @@ def test_filters_choose_the_services_to_follow() -> None:
     assert services([("types", "lead.created,recipient.opted_out")]) == ("leads", "messaging")
     assert services([("types", "provider.state_changed"), ("types", "message.created")]) == (
         "messaging",)
-    chosen = events.select(MultiDict([("types", "lead.created,appointment.confirmed")]))
-    request = chosen.request("bookings", "cur")
-    assert list(request.types) == ["appointment.confirmed"]  # type: ignore[attr-defined]
-    assert request.after_cursor == "cur"  # type: ignore[attr-defined]
+    chosen = events.select(MultiDict([("types", "lead.created,appointment.confirmed"),
+                                      ("lead_id", "L1")]))
+
+    def entry(kind: str, lead_id: str = "L1", appointment_id: str = "") -> Entry:
+        return Entry(1, "c", kind, lead_id, appointment_id, b"", b"")
+
+    # The gateway applies each browser's filters to the shared streams itself.
+    assert chosen.matches("bookings", entry("appointment.confirmed", appointment_id="A"))
+    assert not chosen.matches("bookings", entry("appointment.created"))
+    assert not chosen.matches("leads", entry("lead.created", lead_id="L2"))
+    one = events.select(MultiDict([("appointment_id", "A")]))
+    assert one.matches("bookings", entry("appointment.created", "L9", "A"))
+    assert not one.matches("bookings", entry("appointment.created", "L9", "B"))
 
 
 # -- sessions -------------------------------------------------------------------------
@@ -231,12 +248,13 @@ def test_filters_choose_the_services_to_follow() -> None:
 
 def test_a_session_cookie_is_signed_expires_and_binds_its_csrf_token() -> None:
     sessions = Sessions(Settings.from_env({"CRM_API_TOKENS": TOKENS}))
-    value, session = sessions.issue("alice")
+    value, session = sessions.issue(ALICE, "alice")
     assert sessions.read(value) == session
-    assert "alice-token" not in value
+    assert "alice-token" not in value and ALICE not in _unb64(value.split(".")[0]).decode()
+    assert sessions.credential(session) == ALICE
     csrf = sessions.csrf_token(session)
     sessions.check_csrf(session, csrf)
-    _, other = sessions.issue("alice")
+    _, other = sessions.issue(ALICE, "alice")
     with pytest.raises(GatewayError):
         sessions.check_csrf(other, csrf)
     with pytest.raises(GatewayError) as expired:
@@ -249,6 +267,24 @@ def test_a_session_cookie_is_signed_expires_and_binds_its_csrf_token() -> None:
     with pytest.raises(GatewayError) as invalid:
         rotated.read(value)
     assert invalid.value.refusal.reason == "SESSION_INVALID"
+
+
+@pytest.mark.parametrize("secret", [None, "s" * 32])
+def test_a_session_of_a_removed_or_rotated_token_is_revoked(secret: str | None) -> None:
+    env = {"CRM_SESSION_SECRET": secret} if secret else {}
+    value, _ = Sessions(Settings.from_env({"CRM_API_TOKENS": TOKENS, **env})).issue(
+        ALICE, "alice")
+    for tokens in ("gateway:gateway-token-0123456789",
+                   "alice:alice-rotated-0123456789,gateway:gateway-token-0123456789"):
+        later = Sessions(Settings.from_env({"CRM_API_TOKENS": tokens, **env}))
+        if secret is None:  # the derived secret changed with the tokens: a new key
+            with pytest.raises(GatewayError) as invalid:
+                later.read(value)
+            assert invalid.value.refusal.reason == "SESSION_INVALID"
+            continue
+        with pytest.raises(GatewayError) as revoked:
+            later.credential(later.read(value))
+        assert revoked.value.refusal.reason == "SESSION_REVOKED"
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -268,6 +304,17 @@ def test_bad_configuration_fails_loudly_by_name(env: dict[str, str], says: str) 
         Settings.from_env({"CRM_API_TOKENS": TOKENS, **env})
 
 
+@pytest.mark.parametrize("env", [
+    {"CRM_SESSION_SECRET": "a-secret-too-short-0123"},
+    {"CRM_API_TOKENS": "alice:a-secret-too-short-0123,gateway:short-secret"},
+])
+def test_a_configuration_error_never_repeats_a_secret(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"CRM_API_TOKENS": TOKENS, **env})
+    assert str(refused.value).startswith(next(iter(env))), refused.value
+    assert "secret" not in str(refused.value).lower().replace("crm_session_secret", "")
+
+
 def test_defaults_and_the_service_token_of_principal_gateway() -> None:
     settings = Settings.from_env({"CRM_API_TOKENS": TOKENS})
     assert settings.targets == {"leads": "127.0.0.1:50051", "bookings": "127.0.0.1:50052",
@@ -276,3 +323,25 @@ def test_defaults_and_the_service_token_of_principal_gateway() -> None:
         "gateway-token-0123456789", 65536, 15.0)
     assert settings.token_of("alice") == "alice-token-0123456789"
     assert "token" not in repr(settings).replace("service_token", "").replace("tokens", "")
+
+
+async def test_ended_sessions_fail_closed_when_their_file_cannot_be_written(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    store = SqliteEndedSessions(blocker / "gateway.db")
+    for attempt in (store.ended("n"), store.end("n", 0)):
+        with pytest.raises(GatewayError) as refused:
+            await attempt
+        assert (refused.value.refusal.reason, refused.value.refusal.http_status) == (
+            "SESSION_STORE_UNAVAILABLE", 503)
+
+
+async def test_ended_sessions_are_kept_until_they_would_have_expired(tmp_path: Path) -> None:
+    store = SqliteEndedSessions(tmp_path / "gateway.db")
+    await store.end("old", int(time.time()) - 1)
+    await store.end("live", int(time.time()) + 3600)
+    assert (await store.ended("live"), await store.ended("other")) == (True, False)
+    await store.end("another", int(time.time()) + 3600)
+    assert not await store.ended("old")  # past its expiry: the cookie is refused anyway
+    await store.close()
+    assert await SqliteEndedSessions(tmp_path / "gateway.db").ended("live")  # kept on disk

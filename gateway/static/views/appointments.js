@@ -2,9 +2,11 @@
 
 import * as actions from "../actions.js";
 import { $, h, patch } from "../dom.js";
-import { exact, span, words } from "../format.js";
-import { APPOINTMENT_MOVES } from "../pipeline.js";
+import * as flow from "../flow.js";
+import { exact, span, when, words } from "../format.js";
+import { APPOINTMENT_MOVES, CANCELLED, COMPLETED, CONFIRMED } from "../pipeline.js";
 import { leadName, overlay, state } from "../store.js";
+import { renderFlow } from "./flow.js";
 import { pendingFlag } from "./leads.js";
 import { clearFieldErrors, renderPress, showFieldErrors } from "./press.js";
 
@@ -24,8 +26,9 @@ export function setupAppointments() {
     const start = new Date(form.elements.startTime.value);
     const minutes = Number(form.elements.duration.value);
     const problems = [];
-    if (!agent.value.trim()) problems.push({ field: "agentId", description: "is required" });
-    if (Number.isNaN(start.getTime())) problems.push({ field: "startTime", description: "is required" });
+    if (!agent.value.trim()) problems.push({ field: "agentId", description: "Who meets the lead?" });
+    if (Number.isNaN(start.getTime())) problems.push({ field: "startTime", description: "Pick a day and time" });
+    else if (start.getTime() < Date.now()) problems.push({ field: "startTime", description: "That time has already passed" });
     if (problems.length) {
       showFieldErrors(form, { fieldViolations: problems });
       return;
@@ -45,7 +48,7 @@ export function setupAppointments() {
   dialog.addEventListener("close", () => {
     const reason = $("#cancel-form").elements.reason.value.trim();
     if (dialog.returnValue === "cancel" && cancelling) {
-      actions.moveAppointment(cancelling, "CANCELLED", leadName(cancelling.leadId), reason);
+      actions.moveAppointment(cancelling, CANCELLED, leadName(cancelling.leadId), reason);
     }
     cancelling = null;
   });
@@ -92,8 +95,10 @@ export function renderAppointments(lead) {
           h("span", { class: "appointment-agent" }, `with ${appointment.agentId}`)),
         h("span", { class: "badge badge-pending" }, appointment.pending === "queued" ? "Waiting to send" : "Booking…"))));
   }
+  renderFlow(lead);
   renderPress($("#appointment-press"), `book:${lead.leadId}`, {
     button: $("#appointment-form button[type=submit]"),
+    fieldsBeside: true,
     success: (outcome) => `Booked ${span(outcome.data?.startTime, outcome.data?.endTime)}`,
   });
 }
@@ -105,7 +110,7 @@ function appointmentItem(appointment, pending) {
   const control = `appointment:${id}`;
   const status = h("div", { class: "press-status" });
   renderPress(status, control, {
-    success: (outcome) => `${words(outcome.data?.status)}`,
+    success: (outcome) => words(outcome.data?.status ?? outcome.intent?.status),
     details: (error) => conflict(error),
   });
   return h("li", { class: ["appointment", `appointment-${appointment.status}`], dataset: { appointmentId: id } },
@@ -120,16 +125,16 @@ function appointmentItem(appointment, pending) {
         dataset: { status: appointment.status, pending: pending || false },
         title: pending === "queued" ? "Waiting for the connection" : pending ? "Saving…" : undefined,
       }, words(appointment.status), pending ? pendingFlag(pending) : null)),
-    moves.length ? h("div", { class: "appointment-actions" },
-      moves.includes("CONFIRMED") ? h("button", {
+    moves.length ? h("div", { class: "appointment-actions", "data-writes": true },
+      moves.includes(CONFIRMED) ? h("button", {
         type: "button", class: "btn btn-small btn-primary", dataset: { key: `confirm:${id}` },
-        onclick: () => actions.moveAppointment(appointment, "CONFIRMED", name),
+        onclick: () => flow.confirm(appointment),
       }, "Confirm") : null,
-      moves.includes("COMPLETED") ? h("button", {
+      moves.includes(COMPLETED) ? h("button", {
         type: "button", class: "btn btn-small btn-secondary", dataset: { key: `complete:${id}` },
-        onclick: () => actions.moveAppointment(appointment, "COMPLETED", name),
+        onclick: () => actions.moveAppointment(appointment, COMPLETED, name),
       }, "Complete") : null,
-      moves.includes("CANCELLED") ? h("button", {
+      moves.includes(CANCELLED) ? h("button", {
         type: "button", class: "btn btn-small btn-ghost-danger", dataset: { key: `cancel:${id}` },
         onclick: () => askReason(appointment),
       }, "Cancel…") : null) : null,
@@ -138,12 +143,20 @@ function appointmentItem(appointment, pending) {
 
 function trail(appointment) {
   const parts = [];
-  if (appointment.confirmedBy) parts.push(`confirmed by ${appointment.confirmedBy}`);
-  if (appointment.completedBy) parts.push(`completed by ${appointment.completedBy}`);
-  if (appointment.cancelledBy) {
-    parts.push(`cancelled by ${appointment.cancelledBy}${appointment.cancelReason ? `: “${appointment.cancelReason}”` : ""}`);
+  const at = (value) => (value ? ` · ${when(value)}` : "");
+  if (appointment.confirmedBy) {
+    parts.push(h("span", { class: "trail-item", title: exact(appointment.confirmedAt) },
+      `Confirmed by ${appointment.confirmedBy}${at(appointment.confirmedAt)}`));
   }
-  return parts.length ? h("span", { class: "appointment-trail" }, parts.join(" · ")) : null;
+  if (appointment.completedBy) {
+    parts.push(h("span", { class: "trail-item", title: exact(appointment.completedAt) },
+      `Completed by ${appointment.completedBy}${at(appointment.completedAt)}`));
+  }
+  if (appointment.cancelledBy) {
+    parts.push(h("span", { class: "trail-item", title: exact(appointment.cancelledAt) },
+      `Cancelled by ${appointment.cancelledBy}${at(appointment.cancelledAt)}${appointment.cancelReason ? `: “${appointment.cancelReason}”` : ""}`));
+  }
+  return parts.length ? h("span", { class: "appointment-trail" }, parts) : null;
 }
 
 /** SLOT_TAKEN names the confirmed appointment this one would overlap. */
@@ -151,9 +164,9 @@ function conflict(error) {
   const id = error.metadata?.conflicting_appointment_id;
   if (error.reason !== "SLOT_TAKEN" || !id) return [];
   const other = state.appointments.get(id);
-  return h("p", { class: "conflict" }, "Collides with ",
+  return h("p", { class: "conflict" }, "It would overlap ",
     other
       ? h("strong", {}, `${leadName(other.leadId)} · ${other.agentId} · ${span(other.startTime, other.endTime)}`)
-      : h("code", {}, id),
-    other ? ` (${words(other.status)})` : "");
+      : "another confirmed appointment",
+    other ? ` (${words(other.status).toLowerCase()})` : "", ".");
 }

@@ -1,8 +1,8 @@
 // The live activity feed: the latest events from every service, in words.
 
 import { $, h, patch } from "../dom.js";
-import { exact, span, time, words } from "../format.js";
-import { LEAD_LABELS } from "../pipeline.js";
+import { exact, phone, span, time, words } from "../format.js";
+import { BREAKER, INBOUND, LEAD_LABELS } from "../pipeline.js";
 import { changed, leadName, state } from "../store.js";
 
 const KEEP = 100;
@@ -38,23 +38,35 @@ export function describe(type, event) {
     case "appointment.completed":
       return ["appointment", `${who} completed ${name}'s appointment`];
     case "message.created":
-      return message?.direction === "INBOUND"
+      return message?.direction === INBOUND
         ? ["message", `${name} texted ${quote(message.body ?? "")}`]
         : ["message", `${who} texted ${name}: ${quote(message?.body ?? "")}`];
     case "message.status_changed":
       return ["message", `Text to ${name}: ${words(message?.status).toLowerCase()}`];
     case "recipient.opted_out":
-      return ["warn", `${event.consent?.phone ?? name} texted STOP: no more texts until START`];
+      return ["warn", `${consentWho(event)} replied STOP: no more texts until they reply START`];
     case "recipient.opted_in":
-      return ["message", `${event.consent?.phone ?? name} texted START: texts allowed again`];
+      return ["message", `${consentWho(event)} replied START: texts allowed again`];
     case "provider.state_changed": {
       const provider = event.provider;
-      const until = provider?.state === "OPEN" && provider.closesAt ? ` until ${time(provider.closesAt)}` : "";
-      return [provider?.state === "CLOSED" ? "ok" : "warn", `SMS provider breaker ${words(provider?.state).toLowerCase()}${until}`];
+      if (provider?.state === BREAKER.CLOSED) return ["ok", "Texting works again"];
+      if (provider?.state === BREAKER.OPEN && provider.closesAt) {
+        return ["warn", `Texting paused until ${time(provider.closesAt)}: the SMS provider is failing`];
+      }
+      return ["warn", "Texting is resuming: the next text tries the SMS provider again"];
     }
+    case "template.saved":
+      return ["message", `${who} saved the template “${event.template?.name ?? ""}”`];
+    case "template.deleted":
+      return ["message", `${who} deleted the template “${event.template?.name ?? ""}”`];
     default:
       return ["lead", type];
   }
+}
+
+function consentWho(event) {
+  if (event.leadId && state.leads.has(event.leadId)) return leadName(event.leadId);
+  return event.consent?.phoneDisplay || phone(event.consent?.phone) || "Someone";
 }
 
 export function addToFeed(type, event) {
@@ -75,7 +87,7 @@ export function renderFeed() {
     h("span", { class: "feed-dot", "aria-hidden": "true" }),
     h("div", { class: "feed-body" },
       entry.leadId && state.leads.has(entry.leadId)
-        ? h("button", { type: "button", class: "feed-text link", dataset: { key: `feed:${entry.cursor ?? i}` }, onclick: () => onOpen(entry.leadId) }, entry.text)
+        ? h("button", { type: "button", class: "feed-text link", dataset: { key: `feed:${entry.cursor ?? i}` }, onclick: () => onOpen(entry.leadId, { reveal: true }) }, entry.text)
         : h("span", { class: "feed-text" }, entry.text),
       h("span", { class: "feed-time", title: exact(entry.at) }, time(entry.at))))));
 }

@@ -3,8 +3,8 @@
 
 import * as actions from "../actions.js";
 import { $, h, patch } from "../dom.js";
-import { exact, initials, phone, when } from "../format.js";
-import { LEAD_FLOW, LEAD_LABELS, isFinal, nextStatuses } from "../pipeline.js";
+import { ago, exact, initials, phoneOf, when } from "../format.js";
+import { LEAD_FLOW, LEAD_LABELS, LOST, isFinal, nextStatuses } from "../pipeline.js";
 import { overlay, state } from "../store.js";
 import { badge } from "./leads.js";
 import { renderPress } from "./press.js";
@@ -37,16 +37,19 @@ function renderHead(lead, pending) {
     h("div", { class: "lead-title" },
       h("h2", { class: "lead-heading" }, lead.name),
       h("div", { class: "lead-meta" },
-        h("a", { href: `tel:${lead.phone}`, class: "meta-item phone" }, phone(lead.phone)),
+        h("a", { href: `tel:${lead.phone}`, class: "meta-item phone" }, phoneOf(lead)),
         lead.email ? h("a", { href: `mailto:${lead.email}`, class: "meta-item" }, lead.email) : null,
         h("span", { class: "meta-item muted", title: exact(lead.createdAt) },
           `Added by ${lead.createdBy || "—"} · ${when(lead.createdAt)}`))),
     badge(lead.status, pending, "badge-large"));
-  $("#lead-version").textContent = `version ${lead.version}`;
+  const updated = $("#lead-updated");
+  updated.textContent = lead.updatedAt ? `Updated ${ago(lead.updatedAt)}` : "";
+  updated.title = exact(lead.updatedAt);
+  updated.dataset.version = String(lead.version ?? "");
 }
 
 function renderPipeline(lead, pending) {
-  const lost = lead.status === "LOST";
+  const lost = lead.status === LOST;
   const at = LEAD_FLOW.indexOf(lead.status);
   patch($("#stepper"), LEAD_FLOW.map((status, i) => h("li", {
     class: ["step", !lost && i < at && "done", !lost && i === at && "current", lost && "muted"],
@@ -58,7 +61,7 @@ function renderPipeline(lead, pending) {
     h("span", { class: "step-label" }, "Lost")) : null);
 
   const moves = nextStatuses(lead.status);
-  const forward = moves.filter((s) => s !== "LOST");
+  const forward = moves.filter((s) => s !== LOST);
   const control = `lead:${lead.leadId}`;
   const press = (status) => () => actions.moveLead(state.leads.get(lead.leadId) ?? lead, status);
   patch($("#status-actions"),
@@ -74,10 +77,10 @@ function renderPipeline(lead, pending) {
           onclick: press(status),
         }, LEAD_LABELS[status])),
         h("span", { class: "actions-spacer" }),
-        moves.includes("LOST") ? h("button", {
+        moves.includes(LOST) ? h("button", {
           type: "button", class: "btn btn-danger-outline",
-          dataset: { key: "move:LOST", status: "LOST", leadId: lead.leadId },
-          title: `Mark ${lead.name} as lost`, onclick: press("LOST"),
+          dataset: { key: `move:${LOST}`, status: LOST, leadId: lead.leadId },
+          title: `Mark ${lead.name} as lost`, onclick: press(LOST),
         }, "Mark lost") : null,
       ]);
   renderPress($("#status-press"), control, {
@@ -101,5 +104,5 @@ function renderAudit(lead) {
     h("td", { class: "nowrap", title: exact(change.changedAt) }, when(change.changedAt)),
     h("td", { class: "nowrap" }, badge(change.fromStatus), h("span", { class: "arrow" }, "→"), badge(change.toStatus)),
     h("td", {}, change.actor),
-    h("td", {}, h("code", { class: "key", title: change.idempotencyKey }, change.idempotencyKey.slice(0, 8))))));
+    h("td", {}, h("code", { class: "key", title: `Idempotency key ${change.idempotencyKey}` }, change.idempotencyKey.slice(0, 8))))));
 }

@@ -3,10 +3,11 @@
 
 import * as actions from "../actions.js";
 import { $, h, patch } from "../dom.js";
-import { ago, exact, initials, phone, plural } from "../format.js";
-import { LEAD_LABELS, LEAD_STATUSES, batchEffect } from "../pipeline.js";
+import { ago, digits, exact, initials, phoneOf, plural } from "../format.js";
+import { LEAD_FLOW, LEAD_LABELS, LEAD_STATUSES, batchEffect } from "../pipeline.js";
 import { changed, leadName, overlay, state } from "../store.js";
-import { clearFieldErrors, humanize, renderPress, showFieldErrors } from "./press.js";
+import { whyNotMove } from "../explain.js";
+import { clearFieldErrors, renderPress, showFieldErrors } from "./press.js";
 
 let onOpen = () => {};
 
@@ -53,26 +54,72 @@ export function setupLeads({ open }) {
   });
 
   const form = $("#lead-form");
-  form.addEventListener("submit", (event) => {
+  let checking = false;
+  form.elements.phone.addEventListener("input", () => warnDuplicate(form, null));
+  form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (checking) return;
     const fields = Object.fromEntries(new FormData(form));
     const lead = { name: fields.name.trim(), phone: fields.phone.trim(), email: fields.email.trim() };
     clearFieldErrors(form);
-    const missing = [["name", lead.name], ["phone", lead.phone]].filter(([, v]) => !v);
+    const missing = [["name", lead.name, "Who is it?"], ["phone", lead.phone, "A number to call and text"]]
+      .filter(([, v]) => !v);
     if (missing.length) {
-      showFieldErrors(form, { fieldViolations: missing.map(([field]) => ({ field, description: "is required" })) });
+      showFieldErrors(form, { fieldViolations: missing.map(([field, , description]) => ({ field, description })) });
       return;
     }
+    // A number that already belongs to a lead: say whose, and create only on
+    // a second, deliberate press.
+    if (form.dataset.duplicateOf !== lead.phone) {
+      checking = true;
+      try {
+        const owners = await actions.leadsWithPhone(lead.phone);
+        if (owners.length) {
+          warnDuplicate(form, { phone: lead.phone, owners });
+          return;
+        }
+      } finally {
+        checking = false;
+      }
+    }
+    warnDuplicate(form, null);
     actions.createLead(lead);
     form.reset();
   });
 }
 
+function warnDuplicate(form, found) {
+  const box = $("#duplicate-phone");
+  const submit = form.querySelector("button[type=submit]");
+  if (!found) {
+    delete form.dataset.duplicateOf;
+    box.hidden = true;
+    patch(box);
+    submit.textContent = "Create lead";
+    return;
+  }
+  form.dataset.duplicateOf = found.phone;
+  box.hidden = false;
+  const [first, ...others] = found.owners;
+  patch(box, h("div", { class: "alert-body" },
+    h("p", { class: "alert-title" },
+      `${first.name}${others.length ? ` and ${plural(others.length, "other lead")}` : ""} already ${others.length ? "have" : "has"} this number (${phoneOf(first)}).`),
+    h("p", { class: "alert-hint" }, "Press “Create anyway” to add another lead with it, or open theirs: ",
+      found.owners.slice(0, 3).map((owner, i) => [i ? ", " : "", h("button", {
+        type: "button", class: "link link-inline", dataset: { key: `duplicate:${owner.leadId}` },
+        onclick: () => onOpen(owner.leadId, { reveal: true }),
+      }, owner.name)]), ".")));
+  submit.textContent = "Create anyway";
+}
+
 function visibleLeads(view) {
   const wanted = state.listed.status;
   const needle = state.search.trim().toLowerCase();
+  // A number is found however it is written: "+1 415-555-0123", "(415) 555 0123", "5550123".
+  const number = /^[\d\s()+.\-]+$/.test(needle) ? digits(needle) : "";
   const matches = (lead) => (!wanted || lead.status === wanted) && (!needle
-    || [lead.name, lead.phone, lead.email].some((v) => String(v ?? "").toLowerCase().includes(needle)));
+    || [lead.name, lead.phone, phoneOf(lead), lead.email].some((v) => String(v ?? "").toLowerCase().includes(needle))
+    || (number.length >= 3 && digits(lead.phone).includes(number.replace(/^0(?=\d{4})/, ""))));
   const leads = [...view.leads.values()].filter(matches)
     .sort((a, b) => String(b.createdAt).localeCompare(String(a.createdAt)));
   const creating = view.creating.leads.filter(matches);
@@ -129,7 +176,7 @@ function leadRow(lead, pending) {
   const selected = state.selectedId === id;
   return h("li", { class: ["lead-row", selected && "selected", pending && "is-pending"], dataset: { leadId: id } },
     h("input", {
-      type: "checkbox", class: "row-check", checked: state.checked.has(id),
+      type: "checkbox", class: "row-check", "data-writes": true, checked: state.checked.has(id),
       "aria-label": `Select ${lead.name}`, dataset: { key: `check:${id}` },
       onchange: (event) => {
         if (event.target.checked) state.checked.add(id);
@@ -139,13 +186,13 @@ function leadRow(lead, pending) {
     }),
     h("button", {
       type: "button", class: "lead-link", "aria-current": selected ? "true" : false,
-      dataset: { key: `open:${id}` }, onclick: () => onOpen(id),
+      dataset: { key: `open:${id}` }, onclick: () => onOpen(id, { reveal: true }),
     },
     h("span", { class: `avatar avatar-${lead.status}`, "aria-hidden": "true" }, initials(lead.name)),
     h("span", { class: "lead-main" },
       h("span", { class: "lead-line" }, h("span", { class: "lead-name" }, lead.name), badge(lead.status, pending)),
       h("span", { class: "lead-line lead-sub" },
-        h("span", { class: "lead-phone" }, phone(lead.phone)),
+        h("span", { class: "lead-phone" }, phoneOf(lead)),
         h("span", { class: "lead-when", title: `Updated ${exact(lead.updatedAt)}` }, ago(lead.updatedAt))))));
 }
 
@@ -153,7 +200,7 @@ function ghostRow(lead) {
   return h("li", { class: "lead-row ghost", dataset: { pressId: lead.pressId } },
     h("span", { class: "row-check" }),
     h("span", { class: "lead-link" },
-      h("span", { class: "avatar avatar-NEW", "aria-hidden": "true" }, initials(lead.name)),
+      h("span", { class: `avatar avatar-${LEAD_FLOW[0]}`, "aria-hidden": "true" }, initials(lead.name)),
       h("span", { class: "lead-main" },
         h("span", { class: "lead-line" }, h("span", { class: "lead-name" }, lead.name),
           h("span", { class: "badge badge-pending" }, lead.pending === "queued" ? "Waiting to send" : "Creating…")),
@@ -180,28 +227,40 @@ function renderBulk(view) {
   const bulk = $("#bulk");
   bulk.hidden = ids.length === 0;
   const status = $("#bulk-status").value;
-  const effects = { move: 0, unchanged: 0, refused: 0 };
+  const effects = { move: [], unchanged: [], refused: [] };
   if (status) {
     for (const id of ids) {
       const lead = view.leads.get(id);
-      if (lead) effects[batchEffect(lead.status, status)] += 1;
+      if (lead) effects[batchEffect(lead.status, status)].push(lead);
     }
   }
   const preview = status && ids.length
-    ? [effects.move && `${effects.move} will move`, effects.unchanged && `${effects.unchanged} unchanged`,
-      effects.refused && `${effects.refused} cannot move there`].filter(Boolean).join(" · ")
+    ? [effects.move.length && `${effects.move.length} will move`,
+      effects.unchanged.length && `${effects.unchanged.length} unchanged`,
+      effects.refused.length && `${effects.refused.length} cannot move there`].filter(Boolean).join(" · ")
     : "";
   patch($("#bulk-count"), `${plural(ids.length, "lead")} selected`,
-    preview ? h("span", { class: ["bulk-preview", effects.refused && "warn"] }, preview) : null);
-  $("#bulk-apply").disabled = !status || !ids.length;
+    preview ? h("span", { class: ["bulk-preview", effects.refused.length && "warn"] }, preview) : null);
+  // All or nothing: a batch with a lead that cannot move would move none.
+  patch($("#bulk-blocked"), effects.refused.length ? [
+    h("p", {}, `Unselect ${effects.refused.length === 1 ? "this lead" : "these leads"} to apply:`),
+    h("ul", { class: "offenders" }, effects.refused.map((lead) => h("li", {},
+      h("strong", {}, lead.name), " ", whyNotMove(lead, status)))),
+  ] : null);
+  const apply = $("#bulk-apply");
+  apply.disabled = !status || !ids.length || effects.refused.length > 0 || effects.move.length === 0;
+  apply.title = !status ? "Choose a status first"
+    : effects.refused.length ? "Some selected leads cannot move there"
+      : effects.move.length === 0 ? "Every selected lead is already there" : `Move ${plural(effects.move.length, "lead")}`;
 
   renderPress($("[data-control=bulk]"), "bulk", {
-    button: $("#bulk-apply"),
+    button: apply,
     success: (outcome) => batchSummary(outcome),
     details: (error) => offenders(error),
   });
   renderPress($("[data-control=create-lead]"), "create-lead", {
     button: $("#lead-form button[type=submit]"),
+    fieldsBeside: true,
     success: (outcome) => `Created ${outcome.data?.name ?? "the lead"}`,
   });
 }
@@ -217,16 +276,13 @@ function batchSummary(outcome) {
   return parts.join(" · ");
 }
 
+/** The leads a refused batch names, each with why (as this screen knows it now). */
 function offenders(error) {
   const violations = error.preconditionViolations ?? [];
   if (!violations.length) return [];
+  const target = state.outcomes.get("bulk")?.intent?.status;
   return h("ul", { class: "offenders" }, violations.map((v) => {
     const id = String(v.subject ?? "").replace(/^leads\//, "");
-    // "lead '…' cannot move from won to qualified: …": the name is already in bold.
-    const why = humanize(v.description).replace(/^lead '[^']*' /, "");
-    return h("li", {},
-      h("strong", {}, leadName(id)), " ",
-      h("code", {}, v.type), h("br"),
-      h("span", { class: "why" }, why));
+    return h("li", {}, h("strong", {}, leadName(id)), " ", whyNotMove(state.leads.get(id), target));
   }));
 }

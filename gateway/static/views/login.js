@@ -3,6 +3,8 @@
 
 import * as api from "../api.js";
 import { $, patch, h } from "../dom.js";
+import { explain } from "../explain.js";
+import { supportLine } from "./press.js";
 
 export function setupLogin({ signedIn }) {
   const form = $("#login-form");
@@ -23,9 +25,13 @@ export function setupLogin({ signedIn }) {
       signedIn(session);
     } catch (error) {
       problem.hidden = false;
-      patch(problem, error instanceof api.ApiError
-        ? [h("code", { class: "reason" }, error.reason), " ", error.message]
-        : "The gateway could not be reached. Check your connection and try again.");
+      if (error instanceof api.ApiError) {
+        const { title, hint } = explain(error.plain());
+        patch(problem, h("div", { class: "alert-body" }, h("p", { class: "alert-title" }, title),
+          h("p", { class: "alert-hint" }, hint), supportLine(error.plain())));
+      } else {
+        patch(problem, "The server could not be reached. Check your connection and try again.");
+      }
     } finally {
       button.disabled = false;
       button.textContent = "Sign in";

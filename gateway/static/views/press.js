@@ -2,6 +2,8 @@
 // done (briefly), or refused with the server's reason, message and details.
 
 import { h, patch } from "../dom.js";
+import { explain, fieldProblem } from "../explain.js";
+import { words } from "../format.js";
 import { changed, pressState, state } from "../store.js";
 
 export const SUCCESS_MS = 4000;
@@ -10,7 +12,7 @@ export const SUCCESS_MS = 4000;
  * Render the state of the presses on `control` into `el` (and on `button`, if given).
  * success(outcome) → text for a success; details(error) → extra nodes for a refusal.
  */
-export function renderPress(el, control, { success = () => "Done", details = () => [], button = null } = {}) {
+export function renderPress(el, control, { success = () => "Done", details = () => [], button = null, fieldsBeside = false } = {}) {
   const pending = pressState(control);
   if (button) {
     // Busy, not disabled: the next press (another lead, another text) may follow at once.
@@ -42,11 +44,13 @@ export function renderPress(el, control, { success = () => "Done", details = () 
     }
     patch(el, h("span", { class: "press press-ok", role: "status" },
       h("span", { class: "tick", "aria-hidden": "true" }, "✓"), success(outcome),
-      outcome.replayed ? h("span", { class: "muted" }, " · confirmed by the server's stored answer") : null));
+      outcome.already ? h("span", { class: "muted" }, " · it had already been done") : null));
     return;
   }
   patch(el, errorBox(outcome.error, {
     control,
+    intent: outcome.intent,
+    fieldsBeside,
     details: details(outcome.error),
     onDismiss: () => {
       state.outcomes.delete(control);
@@ -55,39 +59,42 @@ export function renderPress(el, control, { success = () => "Done", details = () 
   }));
 }
 
-/** The refusal: reason and message, field and precondition violations, retry time. */
-export function errorBox(error, { control = "", details = [], onDismiss = null } = {}) {
-  const violations = [
-    ...(error.fieldViolations ?? []).map((v) => [v.field, v.description]),
-  ];
-  const wait = retryLeft(error);
+/**
+ * A refusal in words (explain.js): what happened, what to do, any details the
+ * caller adds, and, for support, the reason code and the server's message.
+ * Field violations are shown next to their fields (showFieldErrors), not here.
+ */
+export function errorBox(error, { control = "", intent = {}, details = [], onDismiss = null, fieldsBeside = false } = {}) {
+  const { title, hint } = explain(error, intent ?? {});
+  // A text the breaker held back waits for texting to resume (the Send now button), not a clock.
+  const wait = error.reason === "PROVIDER_CIRCUIT_OPEN" ? null : retryLeft(error);
+  const violations = fieldsBeside ? [] : error.fieldViolations ?? [];
   return h("div", { class: "alert alert-error", role: "alert" },
     h("div", { class: "alert-body" },
-      h("div", { class: "alert-title" },
-        h("code", { class: "reason" }, error.reason || "ERROR"),
-        h("span", { class: "alert-message" }, humanize(error.message))),
-      violations.length ? h("ul", { class: "violations" },
-        violations.map(([field, description]) => h("li", {},
-          h("code", {}, field), " ", humanize(description)))) : null,
+      h("p", { class: "alert-title" }, title),
+      hint ? h("p", { class: "alert-hint" }, hint) : null,
+      violations.length ? h("ul", { class: "violations" }, violations.map((v) => h("li", {},
+        `${words(v.field)} ${fieldProblem(v)}`))) : null,
       details,
-      wait !== null ? h("p", { class: "retry" }, wait > 0 ? `Retry in ${wait} s` : "You can retry now") : null),
+      wait !== null && wait > 0 ? h("p", { class: "retry" }, `You can try again in ${wait} s.`) : null,
+      supportLine(error)),
     onDismiss ? h("button", {
       class: "alert-close", type: "button", title: "Dismiss", "aria-label": "Dismiss",
       dataset: { control }, onclick: onDismiss,
     }, "×") : null);
 }
 
+/** The reason code for support, with the server's own words folded away. */
+export function supportLine(error) {
+  return h("details", { class: "alert-details" },
+    h("summary", {}, "Details for support: ", h("code", { class: "reason" }, error.reason || "ERROR")),
+    h("p", { class: "support-message" }, error.message || "", error.httpStatus ? ` (HTTP ${error.httpStatus})` : ""));
+}
+
 function retryLeft(error) {
   if (error.retryAfter === null || error.retryAfter === undefined) return null;
   const since = error.receivedAt ? (Date.now() - error.receivedAt) / 1000 : 0;
   return Math.max(0, Math.ceil(error.retryAfter - since));
-}
-
-const ID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
-
-/** A server message with the ids of leads this screen knows replaced by their names. */
-export function humanize(text) {
-  return String(text ?? "").replace(ID, (id) => state.leads.get(id)?.name ?? id);
 }
 
 const camel = (name) => String(name).replace(/_([a-z])/g, (_, c) => c.toUpperCase());
@@ -100,7 +107,7 @@ export function showFieldErrors(form, error) {
     const name = camel(violation.field);
     const slot = form.querySelector(`.field-error[data-for="${CSS.escape(name)}"]`);
     if (!slot) continue;
-    slot.textContent = violation.description;
+    slot.textContent = fieldProblem(violation);
     form.querySelector(`[name="${CSS.escape(name)}"]`)?.setAttribute("aria-invalid", "true");
   }
 }

@@ -3,20 +3,32 @@
 
 import { $, h, patch } from "../dom.js";
 import { time } from "../format.js";
+import { BREAKER } from "../pipeline.js";
 import * as queue from "../queue.js";
-import { state } from "../store.js";
+import * as stranded from "../stranded.js";
+import { leadName, state } from "../store.js";
 
 const CONNECTION = {
-  connecting: ["Connecting…", "dot-muted", "Opening the live event stream"],
+  connecting: ["Connecting…", "dot-muted", "Connecting to live updates"],
   live: ["Live", "dot-ok", "Every change made anywhere shows here as it happens"],
-  reconnecting: ["Reconnecting…", "dot-warn", "The event stream will resume exactly where it stopped"],
+  reconnecting: ["Reconnecting…", "dot-warn", "Live updates resume where they stopped, missing nothing"],
 };
 
 export function renderTopbar() {
   renderConnection();
   renderProvider();
   renderQueue();
+  renderStranded();
   $("#principal").textContent = state.session?.principal ?? "";
+  $("#identity").textContent = identityLabel(state.session);
+}
+
+/** "in acme", and "· read-only" for a viewer: where the signed-in principal acts, and how. */
+export function identityLabel(session) {
+  if (!session?.org) return "";
+  const role = session.role && session.role !== "agent"
+    ? ` · ${session.role === "viewer" ? "viewer, read-only" : session.role}` : "";
+  return `in ${session.org}${role}`;
 }
 
 function renderConnection() {
@@ -27,25 +39,27 @@ function renderConnection() {
     : CONNECTION[state.connection] ?? CONNECTION.connecting;
   el.dataset.state = offline ? "offline" : state.connection;
   el.title = title;
+  el.setAttribute("aria-label", `${label}: ${title}`);
   patch(el, h("span", { class: `dot ${dot}`, "aria-hidden": "true" }), label);
 }
 
-/** {state, label, tone, until}: how the breaker reads now. */
+/** {state, label, tone, paused, until}: how texting reads now, in the user's words;
+ *  `state` is CLOSED, OPEN, HALF_OPEN or UNKNOWN (the contract's BreakerState without its prefix). */
 export function providerView(provider, now = Date.now()) {
-  if (!provider) return { state: "UNKNOWN", label: "unknown", tone: "dot-muted", paused: false };
+  if (!provider) return { state: "UNKNOWN", label: "checking…", tone: "dot-muted", paused: false };
   const closesAt = provider.closesAt ? Date.parse(provider.closesAt) : NaN;
   switch (provider.state) {
-    case "CLOSED":
-      return { state: "CLOSED", label: "closed", tone: "dot-ok", paused: false };
-    case "HALF_OPEN":
-      return { state: "HALF_OPEN", label: "half-open · trying one text", tone: "dot-warn", paused: false };
-    case "OPEN":
+    case BREAKER.CLOSED:
+      return { state: "CLOSED", label: "on", tone: "dot-ok", paused: false };
+    case BREAKER.HALF_OPEN:
+      return { state: "HALF_OPEN", label: "resuming", tone: "dot-warn", paused: false };
+    case BREAKER.OPEN:
       if (Number.isFinite(closesAt) && closesAt > now) {
-        return { state: "OPEN", label: `open until ${time(closesAt)}`, tone: "dot-bad", paused: true, until: closesAt };
+        return { state: "OPEN", label: `paused until ${time(closesAt)}`, tone: "dot-bad", paused: true, until: closesAt };
       }
-      return { state: "OPEN", label: "open · next text is a trial", tone: "dot-warn", paused: false };
+      return { state: "OPEN", label: "resuming", tone: "dot-warn", paused: false };
     default:
-      return { state: provider.state ?? "UNKNOWN", label: "unknown", tone: "dot-muted", paused: false };
+      return { state: provider.state ?? "UNKNOWN", label: "checking…", tone: "dot-muted", paused: false };
   }
 }
 
@@ -54,13 +68,12 @@ function renderProvider() {
   const view = providerView(state.provider);
   const provider = state.provider;
   el.dataset.state = view.state;
-  el.title = provider
-    ? `SMS provider “${provider.provider}”: circuit breaker ${provider.state}, ` +
-      `${provider.failureCount}/${provider.failMax} failures` +
-      (provider.openedAt ? `, last opened ${time(provider.openedAt)}` : "")
-    : "SMS provider: state not known yet";
+  el.title = !provider ? "Texting: not known yet"
+    : view.paused ? "The SMS provider is failing, so texts are held back for a while; everything else works"
+      : view.state === "CLOSED" ? "Texts go out normally"
+        : "The next text tries the SMS provider again";
   patch(el, h("span", { class: `dot ${view.tone}`, "aria-hidden": "true" }),
-    h("span", { class: "pill-label" }, "SMS breaker"), view.label);
+    h("span", { class: "pill-label" }, "Texting"), view.label);
 }
 
 function renderQueue() {
@@ -68,7 +81,7 @@ function renderQueue() {
   const waiting = queue.waiting();
   const pill = $("#queue-pill");
   const panel = $("#queue-panel");
-  const title = `${items.length} ${items.length === 1 ? "press" : "presses"} waiting to send`;
+  const title = `${items.length} ${items.length === 1 ? "change" : "changes"} waiting to send`;
   pill.hidden = !waiting;
   panel.hidden = !waiting;
   if (!waiting) return;
@@ -78,7 +91,23 @@ function renderQueue() {
     h("span", { class: "queue-label" }, item.label),
     h("span", { class: "queue-meta" },
       `pressed ${time(item.pressedAt)}`,
-      item.problem?.reason ? ` · ${item.problem.reason === "OFFLINE" ? "offline" : item.problem.reason}` : "",
-      item.attempts ? ` · ${item.attempts} ${item.attempts === 1 ? "try" : "tries"}` : ""),
-    h("code", { class: "queue-key", title: `Idempotency-Key ${item.key}` }, item.key.slice(0, 8)))));
+      item.problem?.reason === "OFFLINE" ? " · offline" : item.problem ? " · the server is busy" : "",
+      item.attempts ? ` · ${item.attempts} ${item.attempts === 1 ? "try" : "tries"}` : ""))));
+}
+
+/** Texts the breaker held back: once texting resumes, one press sends them all. */
+function renderStranded() {
+  const waiting = stranded.waiting();
+  const inQueue = new Set(queue.presses().map((item) => item.key));
+  const left = waiting.filter((entry) => !inQueue.has(entry.key));
+  const paused = providerView(state.provider).paused;
+  const panel = $("#stranded-panel");
+  panel.hidden = left.length === 0 || paused || !state.provider;
+  if (panel.hidden) return;
+  const leads = [...new Set(left.map((entry) => leadName(entry.leadId)))];
+  $("#stranded-title").textContent = left.length === 1
+    ? "1 text was not sent while texting was paused"
+    : `${left.length} texts were not sent while texting was paused`;
+  $("#stranded-note").textContent = `To ${leads.join(", ")}. Texting works again; each goes out once.`;
+  $("#stranded-send").textContent = left.length === 1 ? "Send it now" : `Send all ${left.length} now`;
 }

@@ -106,9 +106,11 @@ async def appointment_in(stub: Stub, lead_id: str, agent_id: str, status: int,
                          start: float = 0) -> pb.Appointment:
     """A new appointment brought to `status` along the shortest path."""
     booked = await book(stub, lead_id, agent_id, start=start)
-    if status == pb.PENDING:
+    if status == pb.APPOINTMENT_STATUS_PENDING:
         return booked
-    if status == pb.CANCELLED:
+    if status == pb.APPOINTMENT_STATUS_CANCELLED:
         return await cancel(stub, booked.appointment_id)
     confirmed = await confirm(stub, booked.appointment_id)
-    return confirmed if status == pb.CONFIRMED else await complete(stub, booked.appointment_id)
+    if status == pb.APPOINTMENT_STATUS_CONFIRMED:
+        return confirmed
+    return await complete(stub, booked.appointment_id)

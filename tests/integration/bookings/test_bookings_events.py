@@ -36,7 +36,7 @@ async def test_each_change_is_an_event_with_the_appointment_as_it_stands_after_i
     assert not events[0].HasField("change")
     change = events[1].change
     assert (change.from_status, change.to_status, change.idempotency_key, change.version) == (
-        pb.PENDING, pb.CONFIRMED, "confirm-1", 2)
+        pb.APPOINTMENT_STATUS_PENDING, pb.APPOINTMENT_STATUS_CONFIRMED, "confirm-1", 2)
     assert events[1].occurred_at == confirmed.confirmed_at
     assert events[4].change.reason == "no longer needed"
     assert len({e.cursor for e in events}) == 5

@@ -69,7 +69,7 @@ def one_winner(outcomes: list[str], contenders: list[pb.Appointment]) -> str:
 
 async def confirmed_of(stub: Stub, agent: str) -> list[str]:
     found = await stub.ListAppointments(pb.ListAppointmentsRequest(agent_id=agent,
-                                                                   status=pb.CONFIRMED))
+                                                                   status=pb.APPOINTMENT_STATUS_CONFIRMED))
     return [a.appointment_id for a in found.appointments]
 
 

@@ -43,7 +43,7 @@ async def test_the_migrated_schema_is_exactly_what_the_code_uses(database_url: s
 async def test_on_postgresql_an_exclusion_constraint_keeps_confirmed_slots_apart(
     postgres_url: str,
 ) -> None:
-    db = Database(normalize_database_url(postgres_url, "url"), pool_size=1)
+    db = Database(normalize_database_url(postgres_url), pool_size=1)
     try:
         await migrations.upgrade(db, "bookings", BOOKINGS.migrations)
         async with db.transaction(write=False) as conn:
@@ -67,7 +67,7 @@ def test_migrate_runs_alone_from_the_command_line(database_url: str, tmp_path: P
     assert "migrated bookings" in done.stderr
 
     async def version() -> str:
-        db = Database(normalize_database_url(database_url, "url"), pool_size=1)
+        db = Database(normalize_database_url(database_url), pool_size=1)
         try:
             async with db.transaction(write=False) as conn:
                 return str((await conn.execute(
@@ -75,4 +75,4 @@ def test_migrate_runs_alone_from_the_command_line(database_url: str, tmp_path: P
         finally:
             await db.dispose()
 
-    assert asyncio.run(version()) == "0001"
+    assert asyncio.run(version()) == "0003"

@@ -43,7 +43,8 @@ async def test_confirming_a_slot_that_overlaps_a_confirmed_one_is_slot_taken_nam
     for start, hours in ((0, 1.5), (2.5, 1), (1.5, 0.5), (0, 4)):
         clashing = await book(bookings, lead_id, agent, start=start, hours=hours)
         assert await slot_taken_by(bookings, clashing.appointment_id) == held.appointment_id
-        assert (await get(bookings, clashing.appointment_id)).status == pb.PENDING
+        clashed = await get(bookings, clashing.appointment_id)
+        assert clashed.status == pb.APPOINTMENT_STATUS_PENDING
 
 
 async def test_back_to_back_slots_and_other_agents_slots_confirm_side_by_side(
@@ -55,7 +56,7 @@ async def test_back_to_back_slots_and_other_agents_slots_confirm_side_by_side(
     elsewhere = await book(bookings, lead_id, unique("agent-"), start=1, hours=1)
     for appointment in (middle, before, after, elsewhere):
         confirmed = await confirm(bookings, appointment.appointment_id)
-        assert confirmed.status == pb.CONFIRMED
+        assert confirmed.status == pb.APPOINTMENT_STATUS_CONFIRMED
 
 
 async def test_pending_appointments_may_overlap_and_only_confirming_claims_the_slot(
@@ -63,7 +64,7 @@ async def test_pending_appointments_may_overlap_and_only_confirming_claims_the_s
 ) -> None:
     first = await book(bookings, lead_id, agent)
     second = await book(bookings, lead_id, agent)
-    assert (first.status, second.status) == (pb.PENDING, pb.PENDING)
+    assert first.status == second.status == pb.APPOINTMENT_STATUS_PENDING
     await confirm(bookings, second.appointment_id)
     assert await slot_taken_by(bookings, first.appointment_id) == second.appointment_id
 
@@ -75,7 +76,8 @@ async def test_a_cancelled_slot_can_be_confirmed_by_another_appointment(
     second = await book(bookings, lead_id, agent, start=0.5)
     assert await slot_taken_by(bookings, second.appointment_id) == first.appointment_id
     await cancel(bookings, first.appointment_id, reason="lead rescheduled")
-    assert (await confirm(bookings, second.appointment_id)).status == pb.CONFIRMED
+    confirmed = await confirm(bookings, second.appointment_id)
+    assert confirmed.status == pb.APPOINTMENT_STATUS_CONFIRMED
 
 
 async def test_a_completed_appointment_no_longer_holds_its_slot(
@@ -84,7 +86,7 @@ async def test_a_completed_appointment_no_longer_holds_its_slot(
     held = await confirm(bookings, (await book(bookings, lead_id, agent)).appointment_id)
     later = await book(bookings, lead_id, agent, start=0.5)
     await complete(bookings, held.appointment_id)
-    assert (await confirm(bookings, later.appointment_id)).status == pb.CONFIRMED
+    assert (await confirm(bookings, later.appointment_id)).status == pb.APPOINTMENT_STATUS_CONFIRMED
 
 
 async def test_a_storm_of_confirms_with_one_key_has_exactly_one_effect(
@@ -103,7 +105,7 @@ async def test_a_storm_of_confirms_with_one_key_has_exactly_one_effect(
     confirmed = [o for o in outcomes if isinstance(o, pb.Appointment)]
     assert confirmed, outcomes
     assert all(o == confirmed[0] for o in confirmed)
-    assert (confirmed[0].status, confirmed[0].version) == (pb.CONFIRMED, 2)
+    assert (confirmed[0].status, confirmed[0].version) == (pb.APPOINTMENT_STATUS_CONFIRMED, 2)
     # PostgreSQL refuses a key's latecomers while its first call runs; never another outcome.
     assert {o for o in outcomes if isinstance(o, str)} <= {"IDEMPOTENCY_KEY_IN_USE"}
     trail = await bookings.ListAppointmentChanges(
@@ -141,8 +143,8 @@ class BlindRepository(SqlAppointmentRepository):
 
 
 class BlindUnitOfWork(SqlBookingsUnitOfWork):
-    def __init__(self, conn: Any, runtime: Any) -> None:
-        super().__init__(conn, runtime)
+    def __init__(self, storage: Any, **parts: Any) -> None:
+        super().__init__(storage, **parts)
         self.appointments = BlindRepository(self)
 
 
@@ -171,4 +173,4 @@ async def test_on_postgresql_the_exclusion_constraint_refuses_what_the_check_mis
     BlindRepository.blind_looks = 1
     assert await slot_taken_by(stub, second.appointment_id) == first.appointment_id
     assert BlindRepository.blind_looks == 0
-    assert (await get(stub, second.appointment_id)).status == pb.PENDING
+    assert (await get(stub, second.appointment_id)).status == pb.APPOINTMENT_STATUS_PENDING

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -80,7 +80,7 @@ async def test_while_leads_is_down_a_booking_is_unavailable_and_its_retry_books_
         call = retrying.CreateAppointment(request, metadata=idempotency(key))
         booked = await call
         assert "idempotent-replayed" not in dict(await call.initial_metadata())
-        assert (booked.lead_id, booked.status) == (lead.lead_id, pb.PENDING)
+        assert (booked.lead_id, booked.status) == (lead.lead_id, pb.APPOINTMENT_STATUS_PENDING)
         assert await appointments_of(stub, lead.lead_id) == [booked]
     finally:
         await leads_server.stop(grace=1, drain=0)
@@ -111,8 +111,9 @@ class FlakyLeadsApi(LeadsApi):
         return await super().GetLead(request, context)
 
 
-async def build_flaky(runtime: ServiceRuntime) -> LeadsApi:
-    return FlakyLeadsApi(runtime)
+async def build_flaky(runtime: ServiceRuntime[Any]) -> LeadsApi:
+    return FlakyLeadsApi(runtime.units, region=runtime.settings.default_region,
+                         heartbeat_seconds=runtime.settings.heartbeat_seconds)
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ async def test_a_lead_check_that_fails_unavailable_at_first_is_retried_by_the_ch
     FlakyLeadsApi.unavailable = 2
     booked = await stub.CreateAppointment(booking(lead.lead_id, "agent-1"),
                                           metadata=idempotency(new_key()))
-    assert booked.status == pb.PENDING
+    assert booked.status == pb.APPOINTMENT_STATUS_PENDING
     assert FlakyLeadsApi.calls == 3
     assert await appointments_of(stub, lead.lead_id) == [booked]
 
@@ -156,4 +157,5 @@ async def test_a_lead_check_that_outlasts_the_callers_deadline_is_unavailable_no
     assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "LEADS_UNAVAILABLE")
     assert "DEADLINE_EXCEEDED" in refused.message
     FlakyLeadsApi.stall.set()
-    assert (await stub.CreateAppointment(request, metadata=idempotency(key))).status == pb.PENDING
+    booked = await stub.CreateAppointment(request, metadata=idempotency(key))
+    assert booked.status == pb.APPOINTMENT_STATUS_PENDING

@@ -46,7 +46,7 @@ async def test_create_appointment_stores_what_it_accepts_and_names_what_it_refus
         proper(error, {"lead_id", "agent_id", "start_time", "end_time", "notes"})
         return
     assert (booked.lead_id, booked.agent_id, booked.notes, booked.status) == (
-        request.lead_id, agent_id, notes, pb.PENDING)
+        request.lead_id, agent_id, notes, pb.APPOINTMENT_STATUS_PENDING)
     assert booked.start_time == request.start_time
     assert booked.end_time.ToMicroseconds() == request.end_time.ToMicroseconds()
     got = await bookings.GetAppointment(pb.GetAppointmentRequest(

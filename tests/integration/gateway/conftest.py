@@ -5,7 +5,9 @@ The leads service always runs; bookings and messaging run once their
 A scriptable fake upstream stands in where a test needs an answer the real
 services give only with difficulty (a key in use, an open breaker, a slow call).
 
-The gateway is storage-agnostic, so these tests run on SQLite only.
+The gateway keeps nothing but the sessions logged out (gateway.ended_sessions, a
+SQLite file in tmp_path here), so these tests run on SQLite only; test_identity
+runs that store on PostgreSQL too.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from gateway.app import RunningGateway, start
 from gateway.config import Settings
 from services.shared.server import RunningService, ServiceSpec
 from tests.integration.gateway.support import FakeUpstream
+from tests.support import leaks
 from tests.support.servers import TOKENS, TOKENS_ENV, start_in_process
 
 TWILIO_TOKEN = "twilio-auth-token-0123456789abcdef"
+leaks.watch({TWILIO_TOKEN: "TWILIO_AUTH_TOKEN"})
 PUBLIC_URL = "https://crm.example.com"
 
 StartGateway = Callable[..., Awaitable[RunningGateway]]
@@ -116,6 +120,7 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
             "CRM_GATEWAY_DEADLINE_SECONDS": "5",
             "CRM_SHUTDOWN_GRACE_SECONDS": "2",
             "CRM_GATEWAY_STATIC_DIR": str(tmp_path),
+            "CRM_DATA_DIR": str(tmp_path),  # ended sessions: tmp_path/gateway.db
             **overrides,
         }
         gateway = await start(Settings.from_env(env), host="127.0.0.1", port=port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -48,14 +49,44 @@ async def test_the_consoles_default_files_are_those_of_gateway_static(
     assert answer.status == 200
 
 
-async def test_health_and_metrics_answer_without_credentials(
-    gateway: RunningGateway, client: Client,
+async def test_the_service_worker_and_the_manifest_are_served_from_the_root(
+    start_gateway: StartGateway, client: Client,
 ) -> None:
+    gateway = await start_gateway(CRM_GATEWAY_STATIC_DIR=str(ROOT / "gateway" / "static"))
+    anyone = client(gateway, who=None)
+    worker = await request(anyone, "GET", "/sw.js")
+    assert worker.status == 200
+    assert worker.headers["Content-Type"].startswith("text/javascript")
+    assert worker.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    manifest = await request(anyone, "GET", "/manifest.webmanifest")
+    assert manifest.status == 200
+    assert manifest.headers["Content-Type"].startswith("application/manifest+json")
+
+
+def test_the_service_worker_keeps_every_file_of_the_console() -> None:
+    static = ROOT / "gateway" / "static"
+    worker = (static / "sw.js").read_text()
+    shell = set(re.findall(r'^  "(/[^"]*)",$', worker, re.MULTILINE))
+    files = {f"/static/{path.relative_to(static).as_posix()}" for path in static.rglob("*")
+             if path.is_file() and path.name not in {"index.html", "sw.js", "manifest.webmanifest"}}
+    assert shell == files | {"/", "/manifest.webmanifest"}
+
+
+async def test_health_answers_anyone_and_metrics_only_on_their_own_port(
+    start_gateway: StartGateway, leads_server: RunningService, client: Client,
+) -> None:
+    """Metrics say what is called and how often: not for the public port (issue 11)."""
+    gateway = await start_gateway(CRM_LEADS_TARGET=leads_server.target, CRM_METRICS_PORT="0")
     anyone = client(gateway, who=None)
     health = await request(anyone, "GET", "/healthz")
     assert (health.status, health.body) == (200, {"status": "ok"})
     await request(anyone, "GET", "/v1/leads")
-    exposition = await request(anyone, "GET", "/metrics")
+    public = await request(anyone, "GET", "/metrics")
+    assert (public.status, public.reason) == (404, "ROUTE_NOT_FOUND")
+    assert gateway.metrics_port is not None and gateway.metrics_port != gateway.port
+    async with aiohttp.ClientSession() as scraper:
+        exposition = await request(scraper, "GET",
+                                   f"http://127.0.0.1:{gateway.metrics_port}/metrics")
     assert exposition.status == 200
     assert exposition.headers["Content-Type"].startswith("text/plain")
     text = exposition.body

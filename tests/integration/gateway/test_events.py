@@ -17,7 +17,7 @@ from crm.leads.v1 import leads_pb2
 from google.protobuf.message import Message
 from prometheus_client import REGISTRY
 
-from gateway.app import EVENTS, RunningGateway
+from gateway.app import EVENTS, SECURITY_HEADERS, RunningGateway
 from gateway.events import encode_id
 from services.shared.server import RunningService
 from tests.integration.gateway.conftest import Client, StartGateway
@@ -41,6 +41,10 @@ async def listen(session: aiohttp.ClientSession, query: str = "",
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["Cache-Control"] == "no-store"
+        # The head is whole though the gateway lets go of its headers once it is sent.
+        assert {name: response.headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+        assert response.headers["X-Request-Id"]
+        assert response.headers["X-Accel-Buffering"] == "no"
         yield SseReader(response)
 
 
@@ -116,12 +120,12 @@ async def test_filters_by_lead_and_by_type(api: aiohttp.ClientSession) -> None:
     one, other = await create_lead(api, name="One"), await create_lead(api, name="Other")
     async with listen(api, f"?lead_id={one['leadId']}&types=lead.status_changed") as stream:
         assert (await stream.next()) is not None
-        await move(api, other["leadId"], "CONTACTED")
+        await move(api, other["leadId"], "LEAD_STATUS_CONTACTED")
         await create_lead(api, name="Third")
-        await move(api, one["leadId"], "QUALIFIED")
+        await move(api, one["leadId"], "LEAD_STATUS_QUALIFIED")
         (event,) = await stream.events(1)
         assert (event.event, event.data["leadId"]) == ("lead.status_changed", one["leadId"])
-        assert event.data["statusChange"]["toStatus"] == "QUALIFIED"
+        assert event.data["statusChange"]["toStatus"] == "LEAD_STATUS_QUALIFIED"
         assert await stream.quiet(0.8) == []
 
 
@@ -132,7 +136,7 @@ async def test_an_appointment_filter_follows_bookings_alone(
     async with listen(api, "?appointment_id=some-appointment") as stream:
         first = await stream.next()
         assert first is not None and set(first.cursors) == {"bookings"}
-        assert leads_server.runtime.feed.subscribers == 0
+        assert leads_server.runtime.storage.feed.subscribers == 0
 
 
 async def test_filters_the_services_cannot_serve_are_400_naming_the_parameter(
@@ -168,15 +172,15 @@ async def test_a_reconnect_with_last_event_id_gets_what_it_missed_exactly_once(
     lead = await create_lead(api, name="Seen")
     async with listen(api, LEAD_TYPES) as stream:
         assert await stream.next() is not None
-        await move(api, lead["leadId"], "CONTACTED")
+        await move(api, lead["leadId"], "LEAD_STATUS_CONTACTED")
         (seen,) = await stream.events(1)
         assert seen.event == "lead.status_changed"
         last_id = stream.last_id
     assert last_id is not None
     # Made while the browser was away:
     missed = await create_lead(api, name="Missed")
-    await move(api, lead["leadId"], "QUALIFIED")
-    await move(api, missed["leadId"], "LOST")
+    await move(api, lead["leadId"], "LEAD_STATUS_QUALIFIED")
+    await move(api, missed["leadId"], "LEAD_STATUS_LOST")
     expected = [("lead.created", missed["leadId"]), ("lead.status_changed", lead["leadId"]),
                 ("lead.status_changed", missed["leadId"])]
     async with listen(api, LEAD_TYPES, headers={"Last-Event-ID": last_id}) as stream:
@@ -220,7 +224,7 @@ async def test_heartbeat_comments_keep_an_idle_stream_open(
 async def test_upstream_calls_are_cancelled_when_the_browser_goes_away(
     gateway: RunningGateway, api: aiohttp.ClientSession, leads_server: RunningService,
 ) -> None:
-    feed = leads_server.runtime.feed
+    feed = leads_server.runtime.storage.feed
     async with listen(api, LEAD_TYPES) as stream:
         assert await stream.next() is not None
         assert feed.subscribers == 1
@@ -304,7 +308,7 @@ async def test_shutdown_ends_every_stream_cleanly(
             while await stream.next() is not None:
                 pass
         await asyncio.wait_for(stopping, 5)
-    await wait_until(lambda: leads_server.runtime.feed.subscribers == 0, within=5)
+    await wait_until(lambda: leads_server.runtime.storage.feed.subscribers == 0, within=5)
 
 
 async def test_a_service_that_cannot_be_reached_does_not_hold_back_the_others(

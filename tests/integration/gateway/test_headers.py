@@ -75,8 +75,8 @@ async def test_a_replayed_call_says_so_in_idempotent_replayed(
 async def test_a_replayed_refusal_says_so_too(api: aiohttp.ClientSession) -> None:
     lead = await create_lead(api)
     path, key = f"/v1/leads/{lead['leadId']}:updateStatus", new_key()
-    first = await request(api, "POST", path, json_body={"status": "NEW"}, key=key)
-    again = await request(api, "POST", path, json_body={"status": "NEW"}, key=key)
+    first = await request(api, "POST", path, json_body={"status": "LEAD_STATUS_NEW"}, key=key)
+    again = await request(api, "POST", path, json_body={"status": "LEAD_STATUS_NEW"}, key=key)
     assert first.status == again.status == 409
     assert again.headers["Idempotent-Replayed"] == "true"
 

@@ -7,10 +7,13 @@ from typing import Any
 
 import aiohttp
 import grpc
+import jsonschema
+import pytest
 from crm.messaging.v1 import messaging_pb2
 from google.protobuf.message import Message
 
 from gateway.app import RunningGateway
+from gateway.legacy import REQUESTS
 from tests.integration.gateway.conftest import Client, StartGateway
 from tests.integration.gateway.support import (
     Answer,
@@ -69,6 +72,36 @@ async def test_a_version_may_be_expected_as_the_original_api_allowed(
     stale = await legacy_post(api, "/api/leads/update-status",
                               {"leadId": lead["leadId"], "status": "won", "expectedVersion": 7})
     assert (stale.status, stale.body["reason"]) == (409, "VERSION_MISMATCH")
+
+
+@pytest.mark.parametrize("expected", [0, 7, "7", "0007", 2**63 - 1, str(2**63 - 1), 7.0,
+                                      "0" + "9" * 18])
+async def test_every_expected_version_the_published_schema_admits_is_taken(
+    api: aiohttp.ClientSession, expected: object,
+) -> None:
+    schema = REQUESTS["update_status"]["oneOf"][0]["properties"]["expectedVersion"]
+    assert jsonschema.Draft202012Validator(schema).is_valid(expected)
+    lead = await create_lead(api)
+    stale = await legacy_post(api, "/api/leads/update-status",
+                              {"leadId": lead["leadId"], "status": "won",
+                               "expectedVersion": expected})
+    assert (stale.status, stale.body["reason"]) == (409, "VERSION_MISMATCH"), stale.body
+
+
+@pytest.mark.parametrize("expected", [-1, 2**63, 1.5, True, "", "7a", "-1", "²", "\uff11",
+                                      str(2**63), "9" * 20])
+async def test_an_expected_version_the_published_schema_refuses_is_a_400_naming_it(
+    api: aiohttp.ClientSession, expected: object,
+) -> None:
+    schema = REQUESTS["update_status"]["oneOf"][0]["properties"]["expectedVersion"]
+    assert not jsonschema.Draft202012Validator(schema).is_valid(expected)
+    lead = await create_lead(api)
+    refused = await legacy_post(api, "/api/leads/update-status",
+                                {"leadId": lead["leadId"], "status": "won",
+                                 "expectedVersion": expected})
+    assert refused.status == 400, refused.body
+    (violation,) = [d for d in refused.body["details"] if "fieldViolations" in d]
+    assert [v["field"] for v in violation["fieldViolations"]] == ["expectedVersion"]
 
 
 async def test_refusals_keep_the_v1_status_codes_in_the_original_shape(
@@ -147,6 +180,9 @@ async def test_a_text_is_sent_and_the_history_lists_it_newest_first(
         assert sent.body["success"] is True
         assert sent.body["message"]["body"] == body
         assert sent.body["message"]["status"].islower()
+        # Enum values as the original API wrote them, without the contract's prefix.
+        assert (sent.body["message"]["direction"], sent.body["message"]["encoding"],
+                sent.body["message"]["status"]) == ("OUTBOUND", "GSM_7", "delivered")
     history = await request(api, "GET", f"/api/leads/{lead['leadId']}/sms-history")
     assert history.status == 200
     assert history.body["success"] is True and history.body["truncated"] is False
@@ -179,7 +215,7 @@ def paged_history(total: int, page: int) -> Any:
         end = min(total, start + size)
         return messaging_pb2.ListMessagesResponse(
             messages=[messaging_pb2.Message(message_id=f"m{i}", body=f"text {i}",
-                                            status=messaging_pb2.DELIVERED)
+                                            status=messaging_pb2.MESSAGE_STATUS_DELIVERED)
                       for i in range(start, end)],
             next_page_token=str(end) if end < total else "",
         )

@@ -51,8 +51,9 @@ async def test_login_sets_a_strict_http_only_cookie_and_returns_a_csrf_token(
     gateway: RunningGateway, client: Client,
 ) -> None:
     answer = await login(browser(client, gateway))
-    assert set(answer.body) == {"principal", "csrfToken", "expiresAt"}
-    assert answer.body["principal"] == "alice"
+    assert set(answer.body) == {"principal", "org", "role", "csrfToken", "expiresAt"}
+    assert (answer.body["principal"], answer.body["org"], answer.body["role"]) == (
+        "alice", "default", "agent")
     cookie = answer.headers["Set-Cookie"]
     attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
     assert cookie.startswith("crm_session=")
@@ -110,7 +111,7 @@ async def test_a_session_acts_upstream_as_its_own_principal(
                             headers={"X-CSRF-Token": csrf})
     assert created.body["createdBy"] == "bob"
     moved = await request(page, "POST", f"/v1/leads/{created.body['leadId']}:updateStatus",
-                          json_body={"status": "CONTACTED"}, key="bobs-key",
+                          json_body={"status": "LEAD_STATUS_CONTACTED"}, key="bobs-key",
                           headers={"X-CSRF-Token": csrf})
     assert moved.status == 200
     trail = await request(page, "GET", f"/v1/leads/{created.body['leadId']}/statusChanges")
@@ -150,8 +151,8 @@ async def test_an_expired_or_tampered_cookie_is_401(
     gateway: RunningGateway, client: Client,
 ) -> None:
     sessions = Sessions(gateway.app[SETTINGS])
-    expired, _ = sessions.issue("alice", now=time.time() - 9 * 3600)
-    valid, _ = sessions.issue("alice")
+    expired, _ = sessions.issue(TOKENS["alice"], "alice", now=time.time() - 9 * 3600)
+    valid, _ = sessions.issue(TOKENS["alice"], "alice")
     payload, signature = valid.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["p"] = "bob"
@@ -207,7 +208,7 @@ async def test_tokens_cookies_and_authorization_headers_never_reach_the_logs(
     await request(page, "POST", "/v1/leads", json_body=LEAD, key=new_key())
     await request(page, "POST", "/auth/login", json_body={"token": "wrong-" + TOKENS["bob"]})
     api = client(gateway, who="bob")
-    await request(api, "GET", "/v1/leads?status=NEW")
+    await request(api, "GET", "/v1/leads?status=LEAD_STATUS_NEW")
     await request(api, "GET", "/v1/leads/no-such-lead")
     await request(client(gateway, who=None), "POST", "/webhooks/twilio/status",
                   data={"MessageSid": "SM1"}, headers={"X-Twilio-Signature": "forged"})

@@ -23,9 +23,10 @@ async def test_a_created_lead_comes_back_in_lower_camel_case_with_every_field(
 ) -> None:
     lead = await create_lead(api, name=" Ada Lovelace ", phone="(415) 555-0123")
     assert set(lead) == {"leadId", "name", "phone", "email", "status", "version", "createdBy",
-                         "createdAt", "updatedAt"}
+                         "createdAt", "updatedAt", "phoneDisplay"}
     assert (lead["name"], lead["phone"], lead["status"], lead["version"]) == (
-        "Ada Lovelace", "+14155550123", "NEW", "1")  # int64 as a string, enum by name
+        "Ada Lovelace", "+14155550123", "LEAD_STATUS_NEW", "1")  # int64 as a string, enum by name
+    assert lead["phoneDisplay"] == "+1 415-555-0123"
     assert lead["createdBy"] == "alice"
     datetime.fromisoformat(lead["createdAt"].replace("Z", "+00:00"))
     fetched = await request(api, "GET", f"/v1/leads/{lead['leadId']}")
@@ -38,8 +39,9 @@ async def test_list_leads_reads_filters_and_paging_from_the_query_in_either_spel
     first = await create_lead(api, name="First")
     second = await create_lead(api, name="Second")
     moved = await create_lead(api, name="Moved")
-    assert (await move(api, moved["leadId"], "CONTACTED")).status == 200
-    page = await request(api, "GET", "/v1/leads", params={"status": "NEW", "pageSize": "1"})
+    assert (await move(api, moved["leadId"], "LEAD_STATUS_CONTACTED")).status == 200
+    page = await request(api, "GET", "/v1/leads",
+                         params={"status": "LEAD_STATUS_NEW", "pageSize": "1"})
     assert page.status == 200
     assert [x["leadId"] for x in page.body["leads"]] == [second["leadId"]]
     rest = await request(api, "GET", "/v1/leads", params={
@@ -55,15 +57,16 @@ async def test_a_custom_method_moves_a_lead_and_the_audit_trail_names_the_caller
     api: aiohttp.ClientSession,
 ) -> None:
     lead = await create_lead(api)
-    moved = await move(api, lead["leadId"], "CONTACTED", key="first-http-key",
+    moved = await move(api, lead["leadId"], "LEAD_STATUS_CONTACTED", key="first-http-key",
                        expectedVersion="1")
     assert moved.status == 200
-    assert (moved.body["status"], moved.body["version"]) == ("CONTACTED", "2")
+    assert (moved.body["status"], moved.body["version"]) == ("LEAD_STATUS_CONTACTED", "2")
     trail = await request(api, "GET", f"/v1/leads/{lead['leadId']}/statusChanges")
     assert trail.status == 200
     (change,) = trail.body["statusChanges"]
     assert change == {
-        "leadId": lead["leadId"], "fromStatus": "NEW", "toStatus": "CONTACTED",
+        "leadId": lead["leadId"], "fromStatus": "LEAD_STATUS_NEW",
+        "toStatus": "LEAD_STATUS_CONTACTED",
         "actor": "alice", "changedAt": change["changedAt"],
         "idempotencyKey": "first-http-key", "version": "2",
     }
@@ -74,21 +77,21 @@ async def test_the_path_variable_wins_over_the_same_field_in_the_body(
 ) -> None:
     target, other = await create_lead(api, name="Target"), await create_lead(api, name="Other")
     moved = await request(api, "POST", f"/v1/leads/{target['leadId']}:updateStatus",
-                          json_body={"lead_id": other["leadId"], "status": "QUALIFIED"},
+                          json_body={"lead_id": other["leadId"], "status": "LEAD_STATUS_QUALIFIED"},
                           key=new_key())
     assert (moved.status, moved.body["leadId"]) == (200, target["leadId"])
     untouched = await request(api, "GET", f"/v1/leads/{other['leadId']}")
-    assert untouched.body["status"] == "NEW"
+    assert untouched.body["status"] == "LEAD_STATUS_NEW"
 
 
 async def test_a_batch_moves_leads_all_at_once_and_reports_those_already_there(
     api: aiohttp.ClientSession,
 ) -> None:
     one, two = await create_lead(api, name="One"), await create_lead(api, name="Two")
-    await move(api, two["leadId"], "QUALIFIED")
+    await move(api, two["leadId"], "LEAD_STATUS_QUALIFIED")
     batch = await request(api, "POST", "/v1/leads:batchUpdateStatus", key=new_key(),
                           json_body={"lead_ids": [one["leadId"], two["leadId"]],
-                                     "status": "QUALIFIED"})
+                                     "status": "LEAD_STATUS_QUALIFIED"})
     assert batch.status == 200, batch.body
     assert [x["leadId"] for x in batch.body["updatedLeads"]] == [one["leadId"]]
     assert batch.body["unchangedLeadIds"] == [two["leadId"]]
@@ -114,10 +117,10 @@ async def test_values_of_the_wrong_type_and_bad_json_are_refused_before_any_call
     wrong = await move(api, lead["leadId"], "PROMOTED")
     assert (wrong.status, wrong.reason) == (400, "INVALID_FIELD")
     assert wrong.detail("BadRequest")["fieldViolations"][0]["field"] == "status"
-    version = await move(api, lead["leadId"], "WON", expectedVersion="soon")
+    version = await move(api, lead["leadId"], "LEAD_STATUS_WON", expectedVersion="soon")
     assert version.detail("BadRequest")["fieldViolations"][0]["field"] == "expectedVersion"
     shape = await request(api, "POST", "/v1/leads:batchUpdateStatus", key=new_key(),
-                          json_body={"leadIds": lead["leadId"], "status": "WON"})
+                          json_body={"leadIds": lead["leadId"], "status": "LEAD_STATUS_WON"})
     assert (shape.status, shape.detail("BadRequest")["fieldViolations"][0]["field"]) == (
         400, "leadIds")
     async with api.post("/v1/leads", data=b"{not json", headers={
@@ -194,24 +197,25 @@ async def test_every_bookings_route_answers_over_http(
             "leadId": lead["leadId"], "agentId": "agent-http", "startTime": at(hours),
             "endTime": at(hours + 1), "notes": "first call"})
         assert answer.status == 200, answer.body
-        assert answer.body["status"] == "PENDING"
+        assert answer.body["status"] == "APPOINTMENT_STATUS_PENDING"
         booked.append(answer.body["appointmentId"])
     one, two, three = booked
     got = await request(api, "GET", f"/v1/appointments/{one}")
     assert (got.status, got.body["agentId"]) == (200, "agent-http")
     confirmed = await request(api, "POST", f"/v1/appointments/{one}:confirm", key=new_key())
     assert (confirmed.status, confirmed.body["status"], confirmed.body["confirmedBy"]) == (
-        200, "CONFIRMED", "alice")
+        200, "APPOINTMENT_STATUS_CONFIRMED", "alice")
     cancelled = await request(api, "POST", f"/v1/appointments/{two}:cancel", key=new_key(),
                               json_body={"reason": "lead asked"})
-    assert (cancelled.body["status"], cancelled.body["cancelReason"]) == ("CANCELLED",
-                                                                          "lead asked")
+    assert (cancelled.body["status"], cancelled.body["cancelReason"]) == (
+        "APPOINTMENT_STATUS_CANCELLED", "lead asked")
     completed = await request(api, "POST", f"/v1/appointments/{one}:complete", key=new_key())
-    assert completed.body["status"] == "COMPLETED"
+    assert completed.body["status"] == "APPOINTMENT_STATUS_COMPLETED"
     changes = await request(api, "GET", f"/v1/appointments/{one}/changes")
-    assert [c["toStatus"] for c in changes.body["changes"]][-2:] == ["CONFIRMED", "COMPLETED"]
+    assert [c["toStatus"] for c in changes.body["changes"]][-2:] == [
+        "APPOINTMENT_STATUS_CONFIRMED", "APPOINTMENT_STATUS_COMPLETED"]
     listed = await request(api, "GET", "/v1/appointments", params=[
-        ("leadId", lead["leadId"]), ("status", "PENDING"),
+        ("leadId", lead["leadId"]), ("status", "APPOINTMENT_STATUS_PENDING"),
         ("windowStart", at(3)), ("window_end", at(10))])
     assert listed.status == 200, listed.body
     assert [a["appointmentId"] for a in listed.body["appointments"]] == [three]
@@ -226,11 +230,12 @@ async def test_every_messaging_route_answers_over_http(
                          json_body={"leadId": lead["leadId"], "body": "See you at 3pm"})
     assert sent.status == 200, sent.body
     assert (sent.body["leadId"], sent.body["direction"], sent.body["to"]) == (
-        lead["leadId"], "OUTBOUND", "+14155550123")
+        lead["leadId"], "DIRECTION_OUTBOUND", "+14155550123")
     got = await request(api, "GET", f"/v1/messages/{sent.body['messageId']}")
     assert (got.status, got.body["body"]) == (200, "See you at 3pm")
     history = await request(api, "GET", f"/v1/leads/{lead['leadId']}/messages")
     assert [m["messageId"] for m in history.body["messages"]] == [sent.body["messageId"]]
     provider = await request(api, "GET", "/v1/messaging/provider")
     assert provider.status == 200
-    assert provider.body["state"] == "CLOSED" and provider.body["provider"] == "console"
+    assert (provider.body["state"], provider.body["provider"]) == ("BREAKER_STATE_CLOSED",
+                                                                   "console")

@@ -53,11 +53,11 @@ async def post(client: Client, gateway: RunningGateway, path: str, form: dict[st
 @pytest.fixture
 def recording(fake: FakeUpstream) -> FakeUpstream:
     async def record_status(request_: Message, context: grpc.aio.ServicerContext) -> Message:
-        return messaging_pb2.Message(message_id="m1", status=messaging_pb2.DELIVERED)
+        return messaging_pb2.Message(message_id="m1", status=messaging_pb2.MESSAGE_STATUS_DELIVERED)
 
     async def receive(request_: Message, context: grpc.aio.ServicerContext) -> Message:
         return messaging_pb2.ReceiveInboundMessageResponse(
-            consent=messaging_pb2.ReceiveInboundMessageResponse.OPTED_OUT)
+            consent=messaging_pb2.ReceiveInboundMessageResponse.CONSENT_OPTED_OUT)
 
     fake.script["messaging", "RecordDeliveryStatus"] = record_status
     fake.script["messaging", "ReceiveInboundMessage"] = receive
@@ -91,7 +91,7 @@ async def test_a_signed_inbound_text_is_received_and_answered_with_empty_twiml(
     assert answer.body.endswith("<Response/>")
     (call,) = recording.calls("ReceiveInboundMessage")
     received: Any = call.request
-    assert (getattr(received, "from"), received.to, received.body,
+    assert (received.from_number, received.to, received.body,
             received.provider_message_id) == ("+14155550123", "+15005550006", "STOP",
                                               INBOUND["MessageSid"])
 
@@ -209,7 +209,7 @@ async def test_twilios_callbacks_reach_messaging_and_stop_opts_the_lead_out(
     delivered = await twilio.deliver(texted.sid, "delivered")
     assert delivered is not None and delivered.status == 204
     message = await request(api, "GET", f"/v1/messages/{sent.body['messageId']}")
-    assert message.body["status"] == "DELIVERED"
+    assert message.body["status"] == "MESSAGE_STATUS_DELIVERED"
     stop = await twilio.send_inbound(f"{twilio_gateway.url}/webhooks/twilio/inbound",
                                      from_=LEAD_PHONE, to=FROM, body="STOP")
     assert (stop.status, stop.body.endswith("<Response/>")) == (200, True)

@@ -11,14 +11,16 @@ from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
 
+from services.messaging.api import MessagingApi
 from services.messaging.bootstrap import SPEC as MESSAGING
-from services.messaging.sending import SmsSender
 from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService
+from tests.support import leaks
 from tests.support.servers import environment, start_in_process
 from tests.support.twilio_double import TwilioDouble
 
 SID, TOKEN, FROM = "AC" + "a" * 32, "twilio-auth-token-for-tests", "+15005550006"
+leaks.watch({TOKEN: "TWILIO_AUTH_TOKEN"})
 LEAD_PHONE = "+14155550111"
 
 
@@ -94,9 +96,18 @@ def messaging(
 
 
 @pytest.fixture
-def sender(messaging_server: RunningService) -> SmsSender:
-    found = messaging_server.runtime.parts["sender"]
-    assert isinstance(found, SmsSender)
+def webhooks(
+    messaging_server: RunningService, channel_for: Callable[..., grpc.aio.Channel]
+) -> messaging_pb2_grpc.MessagingServiceStub:
+    """The messaging service as the gateway calls it with Twilio's webhooks: a service."""
+    return messaging_pb2_grpc.MessagingServiceStub(
+        channel_for(messaging_server.target, "gateway"))
+
+
+@pytest.fixture
+def sender(messaging_server: RunningService) -> MessagingApi:
+    found = messaging_server.servicer
+    assert isinstance(found, MessagingApi)
     return found
 
 

@@ -15,7 +15,8 @@ from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from crm.messaging.v1 import messaging_pb2 as pb
 from crm.messaging.v1 import messaging_pb2_grpc
 
-from services.messaging.sending import LEASE_MARGIN, SmsSender
+from services.messaging.api import MessagingApi
+from services.messaging.service import LEASE_MARGIN
 from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService
 from tests.integration.messaging.conftest import LEAD_PHONE, send
@@ -57,17 +58,17 @@ async def test_a_same_key_retry_storm_sends_one_text_and_every_answer_agrees(
 @pytest.fixture
 async def patient(
     start_messaging: Callable[..., object], channel_for: Callable[..., grpc.aio.Channel]
-) -> tuple[Stub, SmsSender]:
+) -> tuple[Stub, MessagingApi]:
     """Two attempts per send and a breaker that will not open, on a channel without retries."""
     server: RunningService = await start_messaging(  # type: ignore[misc]
         CRM_SMS_BREAKER_FAIL_MAX="1000", CRM_SMS_RETRY_MAX_ATTEMPTS="2")
-    sender = server.runtime.parts["sender"]
-    assert isinstance(sender, SmsSender)
-    return Stub(channel_for(server.target, retries=False)), sender
+    api = server.servicer
+    assert isinstance(api, MessagingApi)
+    return Stub(channel_for(server.target, retries=False)), api
 
 
 async def test_a_retry_after_a_transient_failure_sends_the_same_message_once(
-    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+    patient: tuple[Stub, MessagingApi], lead: leads_pb2.Lead, twilio: TwilioDouble
 ) -> None:
     stub, _ = patient
     key = new_key()
@@ -76,7 +77,7 @@ async def test_a_retry_after_a_transient_failure_sends_the_same_message_once(
         await send(stub, lead.lead_id, key=key)
     assert refusal(failed.value).reason == "PROVIDER_UNAVAILABLE"
     (queued,) = await history(stub, lead.lead_id)
-    assert queued.status == pb.QUEUED
+    assert queued.status == pb.MESSAGE_STATUS_QUEUED
     twilio.recover()
     sent = await send(stub, lead.lead_id, key=key)
     assert sent.message_id == queued.message_id
@@ -85,7 +86,7 @@ async def test_a_retry_after_a_transient_failure_sends_the_same_message_once(
 
 
 async def test_an_answer_lost_past_the_deadline_is_adopted_by_the_retry_not_sent_again(
-    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+    patient: tuple[Stub, MessagingApi], lead: leads_pb2.Lead, twilio: TwilioDouble
 ) -> None:
     stub, _ = patient
     key = new_key()
@@ -115,7 +116,7 @@ async def test_an_answer_lost_past_the_deadline_is_adopted_by_the_retry_not_sent
 
 
 async def test_the_sweep_adopts_a_text_twilio_took_when_nobody_retries(
-    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+    patient: tuple[Stub, MessagingApi], lead: leads_pb2.Lead, twilio: TwilioDouble
 ) -> None:
     stub, sender = patient
     key = new_key()
@@ -133,7 +134,7 @@ async def test_the_sweep_adopts_a_text_twilio_took_when_nobody_retries(
 
 
 async def test_the_sweep_fails_a_text_twilio_never_took_and_frees_its_key(
-    patient: tuple[Stub, SmsSender], lead: leads_pb2.Lead, twilio: TwilioDouble
+    patient: tuple[Stub, MessagingApi], lead: leads_pb2.Lead, twilio: TwilioDouble
 ) -> None:
     stub, sender = patient
     key = new_key()
@@ -143,7 +144,7 @@ async def test_the_sweep_fails_a_text_twilio_never_took_and_frees_its_key(
     twilio.recover()
     assert await sender.recover_abandoned(older_than=0) == 1
     (abandoned,) = await history(stub, lead.lead_id)
-    assert abandoned.status == pb.FAILED and "abandoned" in abandoned.error_message
+    assert abandoned.status == pb.MESSAGE_STATUS_FAILED and "abandoned" in abandoned.error_message
     fresh = await send(stub, lead.lead_id, key=key)
     assert fresh.message_id != abandoned.message_id
     assert len(twilio.sent) == 1
@@ -210,14 +211,23 @@ async def test_a_duplicate_checking_the_key_does_not_make_the_sender_fail(
         stub = Stub(channel_for(messaging.target, retries=False))
         key = new_key()
         digest = hashlib.sha256(
-            f"alice\0/crm.messaging.v1.MessagingService/SendSms\0{key}".encode()).digest()
+            f"default\0alice\0/crm.messaging.v1.MessagingService/SendSms\0{key}".encode()).digest()
         lock = int.from_bytes(digest[:8], "big", signed=True)
-        twilio.slow(0.5)
+        twilio_answers, before = twilio.hold(), twilio.arrivals
         sending = asyncio.create_task(send(stub, lead.lead_id, key=key))
-        await asyncio.sleep(0.25)  # the sender is with Twilio now
+        await wait_until(lambda: twilio.arrivals == before + 1)  # the sender is with Twilio
         async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
-            await asyncio.sleep(1.0)  # Twilio answers meanwhile; the sender must wait
+            twilio_answers.set()  # Twilio answers while the duplicate holds the key
+
+            async def sender_waits_for_the_key() -> bool:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                row = await cursor.fetchone()
+                return row is not None and row[0] >= 1
+
+            await wait_until(sender_waits_for_the_key, within=10)
+            assert not sending.done()  # waiting for the key, not given up
             await conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
         sent = await sending
         assert sent.provider_message_id == twilio.sent[0].sid and len(twilio.sent) == 1

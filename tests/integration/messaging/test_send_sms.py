@@ -25,11 +25,11 @@ async def test_a_text_goes_to_twilio_once_and_is_recorded_with_its_sid_and_segme
     (accepted,) = twilio.sent_to(LEAD_PHONE)
     assert accepted.body == "See you at 3pm" and accepted.from_ == FROM
     assert accepted.status_callback == (
-        f"http://127.0.0.1:8080/webhooks/twilio/status?message_id={sent.message_id}")
+        f"http://127.0.0.1:8080/webhooks/twilio/status?message_id={sent.message_id}&org=default")
     assert (sent.provider, sent.provider_message_id, sent.status) == ("twilio", accepted.sid,
-                                                                     pb.QUEUED)
-    assert (sent.segments, sent.encoding, sent.to, sent.direction) == (1, pb.GSM_7, LEAD_PHONE,
-                                                                       pb.OUTBOUND)
+                                                                     pb.MESSAGE_STATUS_QUEUED)
+    assert (sent.segments, sent.encoding, sent.to, sent.direction) == (
+        1, pb.ENCODING_GSM_7, LEAD_PHONE, pb.DIRECTION_OUTBOUND)
     assert sent.created_by == "alice"
     history = await messaging.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))
     assert list(history.messages) == [sent]
@@ -44,10 +44,10 @@ async def test_without_twilio_credentials_the_console_provider_reports_delivered
         TWILIO_ACCOUNT_SID="", TWILIO_AUTH_TOKEN="", TWILIO_FROM_NUMBER="")
     stub = Stub(channel_for(server.target))
     sent = await send(stub, lead.lead_id)
-    assert (sent.provider, sent.status) == ("console", pb.DELIVERED)
+    assert (sent.provider, sent.status) == ("console", pb.MESSAGE_STATUS_DELIVERED)
     assert twilio.requests == 0
     status = await stub.GetProviderStatus(pb.GetProviderStatusRequest())
-    assert (status.provider, status.state) == ("console", pb.CLOSED)
+    assert (status.provider, status.state) == ("console", pb.BREAKER_STATE_CLOSED)
 
 
 async def test_a_body_over_the_segment_limit_is_refused_naming_length_encoding_and_limit(
@@ -71,7 +71,7 @@ async def test_the_segment_limit_is_configurable(
 ) -> None:
     server: RunningService = await start_messaging(CRM_SMS_MAX_SEGMENTS="3")  # type: ignore[misc]
     sent = await send(Stub(channel_for(server.target)), lead.lead_id, "x" * 459)
-    assert (sent.segments, sent.encoding) == (3, pb.GSM_7)
+    assert (sent.segments, sent.encoding) == (3, pb.ENCODING_GSM_7)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await send(Stub(channel_for(server.target)), lead.lead_id, "Ü" * 150 + "😀" * 30)
     assert refusal(failed.value).metadata["encoding"] == "UCS_2"
@@ -101,9 +101,10 @@ async def test_a_permanent_twilio_error_fails_the_message_once_without_retry_or_
     assert twilio.requests == 1
     listed = await messaging.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))
     (stored,) = listed.messages
-    assert (stored.status, stored.error_code) == (pb.FAILED, code)
+    assert (stored.status, stored.error_code) == (pb.MESSAGE_STATUS_FAILED, code)
     status = await messaging.GetProviderStatus(pb.GetProviderStatusRequest())
-    assert (status.state, status.failure_count, status.rejected_count) == (pb.CLOSED, 0, 1)
+    assert (status.state, status.failure_count, status.rejected_count) == (
+        pb.BREAKER_STATE_CLOSED, 0, 1)
 
 
 async def test_an_unsubscribed_recipient_is_remembered_as_opted_out(

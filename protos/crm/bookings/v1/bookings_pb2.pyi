@@ -16,15 +16,15 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class AppointmentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     APPOINTMENT_STATUS_UNSPECIFIED: _ClassVar[AppointmentStatus]
-    PENDING: _ClassVar[AppointmentStatus]
-    CONFIRMED: _ClassVar[AppointmentStatus]
-    COMPLETED: _ClassVar[AppointmentStatus]
-    CANCELLED: _ClassVar[AppointmentStatus]
+    APPOINTMENT_STATUS_PENDING: _ClassVar[AppointmentStatus]
+    APPOINTMENT_STATUS_CONFIRMED: _ClassVar[AppointmentStatus]
+    APPOINTMENT_STATUS_COMPLETED: _ClassVar[AppointmentStatus]
+    APPOINTMENT_STATUS_CANCELLED: _ClassVar[AppointmentStatus]
 APPOINTMENT_STATUS_UNSPECIFIED: AppointmentStatus
-PENDING: AppointmentStatus
-CONFIRMED: AppointmentStatus
-COMPLETED: AppointmentStatus
-CANCELLED: AppointmentStatus
+APPOINTMENT_STATUS_PENDING: AppointmentStatus
+APPOINTMENT_STATUS_CONFIRMED: AppointmentStatus
+APPOINTMENT_STATUS_COMPLETED: AppointmentStatus
+APPOINTMENT_STATUS_CANCELLED: AppointmentStatus
 
 class Appointment(_message.Message):
     __slots__ = ("appointment_id", "lead_id", "agent_id", "start_time", "end_time", "notes", "status", "version", "created_by", "created_at", "updated_at", "confirmed_by", "confirmed_at", "cancelled_by", "cancelled_at", "cancel_reason", "completed_by", "completed_at")

@@ -22,15 +22,18 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63rm/common/v1/common.proto\x12\rcrm.common.v1\"\x1f\n\x08\x42ookmark\x12\x13\n\x0bhead_cursor\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63rm/common/v1/common.proto\x12\rcrm.common.v1\x1a google/protobuf/descriptor.proto\"\x1f\n\x08\x42ookmark\x12\x13\n\x0bhead_cursor\x18\x01 \x01(\t\"\xb3\x02\n\nFieldRules\x12\x17\n\nmin_length\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmax_length\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x0f\n\x07pattern\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x14\n\x07minimum\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x14\n\x07maximum\x18\x06 \x01(\x03H\x03\x88\x01\x01\x12\x16\n\tmin_items\x18\x07 \x01(\rH\x04\x88\x01\x01\x12\x16\n\tmax_items\x18\x08 \x01(\rH\x05\x88\x01\x01\x12\x14\n\x0cunique_items\x18\t \x01(\x08\x12\x0e\n\x06values\x18\n \x03(\tB\r\n\x0b_min_lengthB\r\n\x0b_max_lengthB\n\n\x08_minimumB\n\n\x08_maximumB\x0c\n\n_min_itemsB\x0c\n\n_max_items:I\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\x82\x8d\x03 \x01(\x0b\x32\x19.crm.common.v1.FieldRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BOOKMARK']._serialized_start=45
-  _globals['_BOOKMARK']._serialized_end=76
+  _globals['_BOOKMARK']._serialized_start=79
+  _globals['_BOOKMARK']._serialized_end=110
+  _globals['_FIELDRULES']._serialized_start=113
+  _globals['_FIELDRULES']._serialized_end=420
 # @@protoc_insertion_point(module_scope)

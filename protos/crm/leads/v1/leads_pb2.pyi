@@ -16,24 +16,24 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class LeadStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LEAD_STATUS_UNSPECIFIED: _ClassVar[LeadStatus]
-    NEW: _ClassVar[LeadStatus]
-    CONTACTED: _ClassVar[LeadStatus]
-    QUALIFIED: _ClassVar[LeadStatus]
-    PROPOSAL_SENT: _ClassVar[LeadStatus]
-    NEGOTIATING: _ClassVar[LeadStatus]
-    WON: _ClassVar[LeadStatus]
-    LOST: _ClassVar[LeadStatus]
+    LEAD_STATUS_NEW: _ClassVar[LeadStatus]
+    LEAD_STATUS_CONTACTED: _ClassVar[LeadStatus]
+    LEAD_STATUS_QUALIFIED: _ClassVar[LeadStatus]
+    LEAD_STATUS_PROPOSAL_SENT: _ClassVar[LeadStatus]
+    LEAD_STATUS_NEGOTIATING: _ClassVar[LeadStatus]
+    LEAD_STATUS_WON: _ClassVar[LeadStatus]
+    LEAD_STATUS_LOST: _ClassVar[LeadStatus]
 LEAD_STATUS_UNSPECIFIED: LeadStatus
-NEW: LeadStatus
-CONTACTED: LeadStatus
-QUALIFIED: LeadStatus
-PROPOSAL_SENT: LeadStatus
-NEGOTIATING: LeadStatus
-WON: LeadStatus
-LOST: LeadStatus
+LEAD_STATUS_NEW: LeadStatus
+LEAD_STATUS_CONTACTED: LeadStatus
+LEAD_STATUS_QUALIFIED: LeadStatus
+LEAD_STATUS_PROPOSAL_SENT: LeadStatus
+LEAD_STATUS_NEGOTIATING: LeadStatus
+LEAD_STATUS_WON: LeadStatus
+LEAD_STATUS_LOST: LeadStatus
 
 class Lead(_message.Message):
-    __slots__ = ("lead_id", "name", "phone", "email", "status", "version", "created_by", "created_at", "updated_at")
+    __slots__ = ("lead_id", "name", "phone", "email", "status", "version", "created_by", "created_at", "updated_at", "phone_display")
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PHONE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class Lead(_message.Message):
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PHONE_DISPLAY_FIELD_NUMBER: _ClassVar[int]
     lead_id: str
     name: str
     phone: str
@@ -52,7 +53,8 @@ class Lead(_message.Message):
     created_by: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, lead_id: _Optional[str] = ..., name: _Optional[str] = ..., phone: _Optional[str] = ..., email: _Optional[str] = ..., status: _Optional[_Union[LeadStatus, str]] = ..., version: _Optional[int] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    phone_display: str
+    def __init__(self, lead_id: _Optional[str] = ..., name: _Optional[str] = ..., phone: _Optional[str] = ..., email: _Optional[str] = ..., status: _Optional[_Union[LeadStatus, str]] = ..., version: _Optional[int] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone_display: _Optional[str] = ...) -> None: ...
 
 class StatusChange(_message.Message):
     __slots__ = ("lead_id", "from_status", "to_status", "actor", "changed_at", "idempotency_key", "version")
@@ -89,14 +91,16 @@ class GetLeadRequest(_message.Message):
     def __init__(self, lead_id: _Optional[str] = ...) -> None: ...
 
 class ListLeadsRequest(_message.Message):
-    __slots__ = ("status", "page_size", "page_token")
+    __slots__ = ("status", "page_size", "page_token", "phone")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
     status: LeadStatus
     page_size: int
     page_token: str
-    def __init__(self, status: _Optional[_Union[LeadStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    phone: str
+    def __init__(self, status: _Optional[_Union[LeadStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., phone: _Optional[str] = ...) -> None: ...
 
 class ListLeadsResponse(_message.Message):
     __slots__ = ("leads", "next_page_token")

@@ -70,6 +70,21 @@ class MessagingServiceStub:
                 request_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.RecordDeliveryStatusRequest.SerializeToString,
                 response_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.Message.FromString,
                 _registered_method=True)
+        self.ListMessageTemplates = channel.unary_unary(
+                '/crm.messaging.v1.MessagingService/ListMessageTemplates',
+                request_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageTemplatesRequest.SerializeToString,
+                response_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageTemplatesResponse.FromString,
+                _registered_method=True)
+        self.SaveMessageTemplate = channel.unary_unary(
+                '/crm.messaging.v1.MessagingService/SaveMessageTemplate',
+                request_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.SaveMessageTemplateRequest.SerializeToString,
+                response_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.MessageTemplate.FromString,
+                _registered_method=True)
+        self.DeleteMessageTemplate = channel.unary_unary(
+                '/crm.messaging.v1.MessagingService/DeleteMessageTemplate',
+                request_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.DeleteMessageTemplateRequest.SerializeToString,
+                response_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.MessageTemplate.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/crm.messaging.v1.MessagingService/Subscribe',
                 request_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.SubscribeRequest.SerializeToString,
@@ -137,6 +152,30 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMessageTemplates(self, request, context):
+        """The team's message templates, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveMessageTemplate(self, request, context):
+        """Creates a template (no `template_id`) or replaces one. Placeholders such as
+        {first_name} are filled in by the client that sends the text; an unknown
+        one is INVALID_ARGUMENT naming `body`. Refusals: NOT_FOUND /
+        TEMPLATE_NOT_FOUND; FAILED_PRECONDITION / TOO_MANY_TEMPLATES beyond 200.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessageTemplate(self, request, context):
+        """Deletes a template. NOT_FOUND / TEMPLATE_NOT_FOUND if there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """Streams the service's events in log order; see crm.leads.v1.Subscribe.
         """
@@ -176,6 +215,21 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.RecordDeliveryStatus,
                     request_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.RecordDeliveryStatusRequest.FromString,
                     response_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.Message.SerializeToString,
+            ),
+            'ListMessageTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageTemplates,
+                    request_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageTemplatesRequest.FromString,
+                    response_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageTemplatesResponse.SerializeToString,
+            ),
+            'SaveMessageTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveMessageTemplate,
+                    request_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.SaveMessageTemplateRequest.FromString,
+                    response_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.MessageTemplate.SerializeToString,
+            ),
+            'DeleteMessageTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessageTemplate,
+                    request_deserializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.DeleteMessageTemplateRequest.FromString,
+                    response_serializer=crm_dot_messaging_dot_v1_dot_messaging__pb2.MessageTemplate.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -351,6 +405,87 @@ class MessagingService:
             '/crm.messaging.v1.MessagingService/RecordDeliveryStatus',
             crm_dot_messaging_dot_v1_dot_messaging__pb2.RecordDeliveryStatusRequest.SerializeToString,
             crm_dot_messaging_dot_v1_dot_messaging__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.messaging.v1.MessagingService/ListMessageTemplates',
+            crm_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageTemplatesRequest.SerializeToString,
+            crm_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveMessageTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.messaging.v1.MessagingService/SaveMessageTemplate',
+            crm_dot_messaging_dot_v1_dot_messaging__pb2.SaveMessageTemplateRequest.SerializeToString,
+            crm_dot_messaging_dot_v1_dot_messaging__pb2.MessageTemplate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessageTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.messaging.v1.MessagingService/DeleteMessageTemplate',
+            crm_dot_messaging_dot_v1_dot_messaging__pb2.DeleteMessageTemplateRequest.SerializeToString,
+            crm_dot_messaging_dot_v1_dot_messaging__pb2.MessageTemplate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,16 @@ class MessagingServiceStub:
     verified Twilio webhook. A status never moves backwards: a late "sent"
     after "delivered" changes nothing.
     """
+    ListMessageTemplates: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageTemplatesRequest, _messaging_pb2.ListMessageTemplatesResponse]
+    """The team's message templates, by name."""
+    SaveMessageTemplate: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SaveMessageTemplateRequest, _messaging_pb2.MessageTemplate]
+    """Creates a template (no `template_id`) or replaces one. Placeholders such as
+    {first_name} are filled in by the client that sends the text; an unknown
+    one is INVALID_ARGUMENT naming `body`. Refusals: NOT_FOUND /
+    TEMPLATE_NOT_FOUND; FAILED_PRECONDITION / TOO_MANY_TEMPLATES beyond 200.
+    """
+    DeleteMessageTemplate: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.DeleteMessageTemplateRequest, _messaging_pb2.MessageTemplate]
+    """Deletes a template. NOT_FOUND / TEMPLATE_NOT_FOUND if there is none."""
     Subscribe: _grpc.UnaryStreamMultiCallable[_messaging_pb2.SubscribeRequest, _messaging_pb2.Event]
     """Streams the service's events in log order; see crm.leads.v1.Subscribe."""
 
@@ -101,6 +111,16 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     verified Twilio webhook. A status never moves backwards: a late "sent"
     after "delivered" changes nothing.
     """
+    ListMessageTemplates: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageTemplatesRequest, _messaging_pb2.ListMessageTemplatesResponse]  # type: ignore[assignment]
+    """The team's message templates, by name."""
+    SaveMessageTemplate: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SaveMessageTemplateRequest, _messaging_pb2.MessageTemplate]  # type: ignore[assignment]
+    """Creates a template (no `template_id`) or replaces one. Placeholders such as
+    {first_name} are filled in by the client that sends the text; an unknown
+    one is INVALID_ARGUMENT naming `body`. Refusals: NOT_FOUND /
+    TEMPLATE_NOT_FOUND; FAILED_PRECONDITION / TOO_MANY_TEMPLATES beyond 200.
+    """
+    DeleteMessageTemplate: _aio.UnaryUnaryMultiCallable[_messaging_pb2.DeleteMessageTemplateRequest, _messaging_pb2.MessageTemplate]  # type: ignore[assignment]
+    """Deletes a template. NOT_FOUND / TEMPLATE_NOT_FOUND if there is none."""
     Subscribe: _aio.UnaryStreamMultiCallable[_messaging_pb2.SubscribeRequest, _messaging_pb2.Event]  # type: ignore[assignment]
     """Streams the service's events in log order; see crm.leads.v1.Subscribe."""
 
@@ -172,6 +192,34 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         verified Twilio webhook. A status never moves backwards: a late "sent"
         after "delivered" changes nothing.
         """
+
+    @_abc_1.abstractmethod
+    def ListMessageTemplates(
+        self,
+        request: _messaging_pb2.ListMessageTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListMessageTemplatesResponse, _abc.Awaitable[_messaging_pb2.ListMessageTemplatesResponse]]:
+        """The team's message templates, by name."""
+
+    @_abc_1.abstractmethod
+    def SaveMessageTemplate(
+        self,
+        request: _messaging_pb2.SaveMessageTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.MessageTemplate, _abc.Awaitable[_messaging_pb2.MessageTemplate]]:
+        """Creates a template (no `template_id`) or replaces one. Placeholders such as
+        {first_name} are filled in by the client that sends the text; an unknown
+        one is INVALID_ARGUMENT naming `body`. Refusals: NOT_FOUND /
+        TEMPLATE_NOT_FOUND; FAILED_PRECONDITION / TOO_MANY_TEMPLATES beyond 200.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteMessageTemplate(
+        self,
+        request: _messaging_pb2.DeleteMessageTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.MessageTemplate, _abc.Awaitable[_messaging_pb2.MessageTemplate]]:
+        """Deletes a template. NOT_FOUND / TEMPLATE_NOT_FOUND if there is none."""
 
     @_abc_1.abstractmethod
     def Subscribe(

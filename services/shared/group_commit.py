@@ -1,0 +1,329 @@
+"""Group commit (PostgreSQL): concurrent write calls of one process share one
+transaction, and so one COMMIT (one WAL flush) and one connection.
+
+How a call is placed. Every write unit of work asks the process's committer
+for a seat (one committer per Database). While fewer than `lanes` write
+transactions are in flight, a call gets a transaction of its own at once,
+exactly as without grouping: a lone call never waits for company. Once every
+lane is busy, arriving calls queue; when a lane frees, everything queued (up to
+`most` calls) goes out as one group: one connection, one transaction, one
+COMMIT. Calls that arrive while a group runs wait for the next one.
+
+What a member runs. Each member runs its WHOLE unit of work inside the group's
+transaction, as a savepoint, one member after another on the group's connection:
+`SAVEPOINT s_i` rides with its first statement (with its org's scope,
+services.shared.sql), then its reads (the key's lock and row, SELECT … FOR
+UPDATE), then its writes, event append and stored outcome with `RELEASE
+SAVEPOINT s_i`, in one round trip, as its commit. Only then does the next
+member start. A member whose statements fail (a guard: CONCURRENT_CHANGE; a
+unique or exclusion violation; a deadlock or lock timeout) or that refuses, or
+that answers a replay without writing, is undone by `ROLLBACK TO SAVEPOINT
+s_i` (sent ahead of what follows on the connection, so it costs no round trip
+of its own) and gets its own answer; the others are not touched. The group
+ends with one COMMIT. If that fails (the connection is lost, the backend is
+terminated) or the group breaks mid-way (a member was cancelled while it may
+have had a statement in flight), every member, whatever it answered, gets a
+transient error and runs again under its own key: nothing is half-applied,
+because nothing was committed.
+
+Why this keeps each call isolated. The locks a member takes (its key's
+advisory lock, its rows' FOR UPDATE locks, its writes' row locks) are the
+group transaction's, held until the group's COMMIT: longer than alone, never
+shorter, so against every other transaction a member is at least as isolated
+as it would be alone (READ COMMITTED: each statement sees what was committed
+when it ran, as alone). Inside the group, a later member sees what earlier
+members wrote and released, uncommitted. That is the state it would have seen
+had it run alone right after them: a row an earlier member changed is locked by
+it, so alone the later call would have waited for that commit and then read
+exactly this. The group is therefore the serial execution of its members in
+turn order, and it commits all of it or none of it: no member's answer leaves
+the process before the COMMIT has succeeded (a member waits for it even when it
+refused or replayed, since its answer may rest on what earlier members wrote),
+and if the COMMIT fails every member runs again. A member's savepoint that is
+rolled back is undone before the next member starts, so nobody ever sees it.
+One exception is made explicit: two members with the same idempotency key.
+Alone, the second would find the key's lock held by a call not yet committed
+and be refused (IDEMPOTENCY_KEY_IN_USE), or wait for it (`take(wait=True)`);
+in one transaction the lock is re-entrant, so the committer tracks the keys
+its members took and answers the same: KeyInUse, or run again (after the
+group has committed). So a member never reads, nor remembers in this process,
+another member's uncommitted outcome.
+
+The event log. Every member's events are appended by the group transaction,
+so they carry its one xid (pg_current_xact_id() is the top-level id inside a
+savepoint) and positions from the sequence in append order: the log's order
+(xid, position) puts each call's events in its own order and the members in
+turn order. The watermark is about transactions and does not change: a group
+is one transaction, a bit longer than each of its members alone (so it holds
+the delivery of later events back a little longer). A rolled-back savepoint
+leaves a gap in the positions, as an aborted transaction does. Each member
+announces its events after the COMMIT, and the announcements coalesce into one
+NOTIFY as before.
+
+What it costs. Members run one after another on one connection, so a member
+waits for the members before it: a group of n holds n times (a read round trip and
+a commit round trip, plus the member's own Python work) before its COMMIT. In
+exchange the database runs one transaction and one WAL flush instead of n, and
+uses `lanes` connections for writes instead of one per concurrent call. Every
+group is capped at `most` members (PostgreSQL keeps 64 subtransactions per
+backend in shared memory; more would slow every snapshot). Two groups (or a
+group and another transaction) can deadlock where their members alone would
+have waited in turn: PostgreSQL detects it, aborts the waiting member's
+savepoint, and that member runs again. A unit of work must not open another
+write unit of work while it holds its seat (none does: SQLite's single writer
+would deadlock the same way).
+
+CRM_GROUP_COMMIT sets `most` (off by default; 32 is a good value); 0 or 1 turns grouping off (every
+call commits alone, as on SQLite, which keeps its single writer and never groups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg.pq import TransactionStatus
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.shared import metrics, sql
+from services.shared.db import Database, RunAgain
+
+# How many write transactions may be in flight before calls queue to be grouped.
+LANES = 2
+# The most calls one group carries.
+MOST = 32
+
+INERROR = TransactionStatus.INERROR
+_RELEASE = "RELEASE SAVEPOINT {}"
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT {}"
+
+
+class GroupFailed(RunAgain):
+    """The group this call ran in did not commit: nothing of it was applied."""
+
+
+@dataclass(eq=False)
+class _Member:
+    turn: asyncio.Future[_Group]
+
+
+@dataclass(eq=False)
+class _Group:
+    conn: AsyncConnection
+    done: asyncio.Future[None]
+    # Set by the member whose turn it is when it gives the connection back.
+    handed: asyncio.Event = field(default_factory=asyncio.Event)
+    # To send before whatever follows on the connection (a failed member's rollback).
+    after: list[tuple[sql.Statement, sql.Params]] = field(default_factory=list)
+    # The idempotency keys' locks its members took.
+    keys: set[int] = field(default_factory=set)
+    seated: int = 0
+    broken: bool = False
+    names: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class Seat:
+    """A unit of work's place: a transaction of its own (`group` None), or a turn in a
+    group's transaction, inside savepoint `savepoint`."""
+
+    def __init__(self, conn: AsyncConnection, group: _Group | None = None,
+                 savepoint: str = "") -> None:
+        self.conn = conn
+        self.group = group
+        self.savepoint = savepoint
+        self.released = False
+        self.handed_over = False
+        self._keys: set[int] = set()
+
+    def take_key(self, lock: int) -> bool:
+        """Note that this call takes the key's lock; False if an earlier member of its
+        group holds it (uncommitted: alone, this call would find it held)."""
+        if self.group is None or lock in self._keys:
+            return True
+        if lock in self.group.keys:
+            return False
+        self.group.keys.add(lock)
+        self._keys.add(lock)
+        return True
+
+    def holds_other(self, lock: int) -> bool:
+        """Whether an earlier member of its group holds the key's lock."""
+        return self.group is not None and lock in self.group.keys and lock not in self._keys
+
+    async def commit(self, statements: list[tuple[sql.Statement | sql.Guarded, sql.Params]]
+                     ) -> None:
+        """Send the writes and commit: alone, with COMMIT; in a group, with the
+        savepoint's RELEASE, then wait for the group's COMMIT."""
+        if self.group is None:
+            await sql.batch(self.conn, statements, commit=True)
+            return
+        release = sql.raw(_RELEASE.format(self.savepoint))
+        await sql.batch(self.conn, [*statements, (release, {})])
+        self.released = True
+        self.hand_over()
+        await self.outcome()
+
+    def hand_over(self) -> None:
+        """Give the group's connection to the next member (undoing this one's
+        savepoint first, unless it was released)."""
+        group = self.group
+        if group is None or self.handed_over:
+            return
+        self.handed_over = True
+        if sql.scope_sent(self.conn):
+            group.after = []  # it went out ahead of this member's first statement
+            if not self.released:
+                group.after = [(sql.raw(_ROLLBACK_TO.format(self.savepoint)), {})]
+        if not self.released:
+            group.keys -= self._keys
+        group.handed.set()
+
+    async def outcome(self) -> None:
+        """Wait for the group's COMMIT; GroupFailed if it did not commit."""
+        if self.group is not None:
+            await asyncio.shield(self.group.done)
+
+
+class GroupCommit:
+    """The write transactions of one Database in this process (see the module)."""
+
+    def __init__(self, db: Database, *, most: int = MOST, lanes: int = LANES) -> None:
+        self.db = db
+        self.most = most
+        self.lanes = lanes
+        self._open = 0
+        self._queue: deque[_Member] = deque()
+        self._service = ""
+
+    @contextlib.asynccontextmanager
+    async def seat(self, org: str, service: str) -> AsyncIterator[Seat]:
+        """A place to run one write unit of work in `org`'s scope; leaving it
+        without a commit rolls the unit of work back."""
+        self._service = self._service or service
+        if self._open < self.lanes and not self._queue:
+            self._open += 1
+            try:
+                async with self.db.transaction(write=True) as conn:
+                    sql.scope(conn, org, every_statement=False)
+                    yield Seat(conn)
+            finally:
+                metrics.GROUP_COMMIT_CALLS.labels(service).observe(1)
+                self._open -= 1
+                self._dispatch()
+            return
+        member = _Member(asyncio.get_running_loop().create_future())
+        self._queue.append(member)
+        try:
+            group = await member.turn
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(member)
+            turn = member.turn
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                turn.result().handed.set()  # its turn came as it was cancelled
+            raise
+        group.seated += 1
+        savepoint = f"s{next(group.names)}"
+        sql.scope(group.conn, org, every_statement=False,
+                  preamble=[*group.after, (sql.raw(f"SAVEPOINT {savepoint}"), {})])
+        seat = Seat(group.conn, group, savepoint)
+        try:
+            yield seat
+        except asyncio.CancelledError:
+            if not seat.handed_over:
+                group.broken = True  # a statement of its may be in flight on the connection
+            seat.hand_over()
+            raise
+        except BaseException:
+            seat.hand_over()
+            await seat.outcome()  # its refusal may rest on what earlier members wrote
+            raise
+        seat.hand_over()
+        await seat.outcome()
+
+    def _dispatch(self) -> None:
+        """Send what queued out as groups, while lanes are free."""
+        while self._open < self.lanes and self._queue:
+            members: list[_Member] = []
+            while self._queue and len(members) < self.most:
+                member = self._queue.popleft()
+                if not member.turn.done():
+                    members.append(member)
+            if members:
+                self._open += 1
+                asyncio.get_running_loop().create_task(self._run(members),
+                                                       name="group-commit")
+
+    async def _run(self, members: list[_Member]) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        done.add_done_callback(_retrieved)
+        group: _Group | None = None
+        try:
+            async with self.db.transaction(write=True) as conn:
+                group = _Group(conn, done)
+                for member in members:
+                    if member.turn.done():
+                        continue  # cancelled while it waited
+                    if group.broken:
+                        member.turn.set_exception(GroupFailed("the group broke off"))
+                        continue
+                    group.handed.clear()
+                    member.turn.set_result(group)
+                    await group.handed.wait()
+                    if sql.driver(conn).broken:
+                        group.broken = True  # the connection is gone: so is the group
+                if group.broken:
+                    raise GroupFailed("a member was cancelled mid-statement")
+                if not group.after and sql.driver(conn).info.transaction_status == INERROR:
+                    # COMMIT would roll back without a word: the members must not
+                    # be told their work committed.
+                    raise GroupFailed("the group's transaction failed")
+                await sql.batch(conn, group.after, commit=True)
+            done.set_result(None)
+        except BaseException as error:
+            _fail(done, members, error)
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            if group is not None and group.seated:
+                metrics.GROUP_COMMIT_CALLS.labels(self._service).observe(group.seated)
+            self._open -= 1
+            self._dispatch()
+
+
+def _fail(done: asyncio.Future[None], members: list[_Member], error: BaseException) -> None:
+    """The group did not commit: every member, seated or still waiting, runs again."""
+    failed = (error if isinstance(error, RunAgain)
+              else GroupFailed(f"the group did not commit: {error!r}"[:300]))
+    if failed is not error:
+        failed.__cause__ = error
+    if not done.done():
+        done.set_exception(failed)
+    for member in members:
+        if not member.turn.done():
+            member.turn.set_exception(failed)
+            member.turn.add_done_callback(_retrieved)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a group's failure seen, whether or not a member was left to wait for it."""
+    if not future.cancelled():
+        future.exception()
+
+
+def committer(db: Database) -> GroupCommit | None:
+    """The committer of `db`'s write transactions in this process; None where calls
+    commit alone (SQLite, or grouping turned off)."""
+    if db.is_sqlite or db.group_commit <= 1:
+        return None
+    found: GroupCommit | None = getattr(db, "_committer", None)
+    if found is None:
+        found = GroupCommit(db, most=db.group_commit)
+        db._committer = found  # type: ignore[attr-defined]
+    return found

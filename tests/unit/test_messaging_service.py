@@ -1,0 +1,266 @@
+"""The messaging use cases with fakes of their unit of work and of the provider:
+no database, no server, no Twilio."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection
+from datetime import datetime
+
+import pytest
+
+from services.messaging import messages, service
+from services.messaging.breaker import ProviderBreaker
+from services.messaging.domain import (
+    ConsentChanged,
+    Direction,
+    Handoff,
+    Message,
+    MessageNotFound,
+    MessageStatus,
+    Recipient,
+    RecipientOptedOut,
+)
+from services.messaging.providers import (
+    ProviderRejected,
+    ProviderUnavailable,
+    Receipt,
+    is_transient,
+)
+from services.messaging.sending import ProviderDown, SmsSender
+from services.messaging.settings import SmsSettings
+from services.shared.auth import Caller
+from services.shared.idempotency import Key, Pending, Stored
+from services.shared.lead_lookup import LeadContact
+from tests.unit.fakes import FakeDatabase, FakeRows, FakeUnitOfWork, FakeUnits, guarded
+
+ALICE, TWILIO = Caller("alice"), Caller("gateway")
+LEAD = LeadContact("lead-1", "Ada Lovelace", "+14155550123")
+SEND = "/crm.messaging.v1.MessagingService/SendSms"
+INBOUND = "/crm.messaging.v1.MessagingService/ReceiveInboundMessage"
+STATUS = "/crm.messaging.v1.MessagingService/RecordDeliveryStatus"
+
+
+class FakeMessages(FakeRows[Message], service.MessageRepository):
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        super().__init__(uow, "messages", lambda m: m.message_id, MessageNotFound)
+        self._loaded: dict[str, int] = {}
+
+    async def add(self, message: Message) -> None:
+        await super().add(message)
+        self._loaded[message.message_id] = message.version
+
+    async def get(self, message_id: str, *, for_update: bool = False) -> Message:
+        message = await super().get(message_id)
+        self._loaded[message_id] = message.version
+        return message
+
+    async def by_provider_id(self, provider_message_id: str, *, for_update: bool = False
+                             ) -> Message | None:
+        found = [i for i, m in self.rows.items() if m.provider_message_id == provider_message_id]
+        return await self.get(found[0]) if found else None
+
+    async def save(self, message: Message) -> None:
+        row, loaded = copy.deepcopy(message), self._loaded[message.message_id]
+        self.uow.stage(lambda: guarded(self.rows, message.message_id, loaded, row))
+
+    async def history(self, lead_id: str, after: tuple[datetime, str] | None, limit: int
+                      ) -> list[Message]:
+        return []
+
+    async def lead_of(self, phone: str) -> str:
+        return next((m.lead_id for m in self.rows.values()
+                     if m.to == phone and m.direction is Direction.OUTBOUND), "")
+
+    async def known_provider_ids(self, phone: str, since: datetime) -> Collection[str]:
+        return {m.provider_message_id for m in self.rows.values()
+                if m.to == phone and m.provider_message_id}
+
+
+class FakeRecipients(service.RecipientRepository):
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self.uow = uow
+        self.rows = uow.db.table("recipients")
+        self.seen: dict[str, Recipient] = {}
+
+    async def get(self, phone: str, *, now: datetime) -> Recipient:
+        found = copy.deepcopy(self.rows.get(phone) or Recipient(phone, False, "", now))
+        self.seen[phone] = found
+        return found
+
+    async def save(self, recipient: Recipient) -> None:
+        row = copy.deepcopy(recipient)
+        self.uow.stage(lambda: self.rows.__setitem__(recipient.phone, row))
+
+
+class FakeMessagingUnitOfWork(FakeUnitOfWork):
+    def __init__(self, db: FakeDatabase, respond: object = None) -> None:
+        super().__init__(db, respond)  # type: ignore[arg-type]
+        self.messages = FakeMessages(self)
+        self.recipients = FakeRecipients(self)
+
+    def recorded_events(self) -> list[object]:
+        return [*(e for m in self.messages.seen.values() for e in m.pull_events()),
+                *(e for r in self.recipients.seen.values() for e in r.pull_events())]
+
+
+class FakeProvider:
+    """The SMS provider (the SmsProvider Protocol): takes texts, or fails as told."""
+
+    name = "twilio"
+    from_number = "+15005550006"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.failures: list[Exception] = []
+
+    async def send(self, *, to: str, body: str, status_callback: str | None,
+                   from_number: str | None = None) -> Receipt:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(body)
+        return Receipt(f"SM{len(self.sent)}", MessageStatus.QUEUED)
+
+    async def find(self, *, to: str, body: str, since: datetime, known: Collection[str],
+                   from_number: str | None = None) -> Receipt | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class FakeLeads(service.Leads):
+    async def get(self, lead_id: str, *, deadline_seconds: float | None) -> LeadContact:
+        return LEAD
+
+
+@pytest.fixture
+def units() -> FakeUnits[FakeMessagingUnitOfWork]:
+    return FakeUnits(FakeMessagingUnitOfWork, respond=messages.message)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture
+def sender(provider: FakeProvider) -> SmsSender:
+    breaker = ProviderBreaker(5, 30.0, is_failure=is_transient)
+    return SmsSender(provider=provider, breaker=breaker, public_url="http://gateway",
+                     sms=SmsSettings(retry_max_attempts=1))
+
+
+def answering_inbound(units: FakeUnits[FakeMessagingUnitOfWork]) -> FakeMessagingUnitOfWork:
+    return FakeMessagingUnitOfWork(units.db, messages.inbound)
+
+
+async def send(units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender, body: str = "Hi",
+               key: str = "text-1") -> Message | Stored:
+    command = service.SendSms(lead_id=LEAD.lead_id, body=body, caller=ALICE,
+                              key=Key(SEND, key, body))
+    return await service.send_sms(command, units, sender, FakeLeads(), time_remaining=10.0)
+
+
+async def test_a_text_is_recorded_then_handed_over_and_its_outcome_stored_once(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender, provider: FakeProvider,
+) -> None:
+    sent = await send(units, sender)
+    assert isinstance(sent, Message)
+    assert (sent.handoff, sent.provider_message_id, sent.to) == (Handoff.ACCEPTED, "SM1",
+                                                                  LEAD.phone)
+    again = await send(units, sender)
+    assert isinstance(again, Stored) and again.replayed
+    assert provider.sent == ["Hi"]
+    # The intent, then the outcome: two transactions, both the caller's.
+    assert units.db.committed()[-2:] == [(ALICE, False, True), (ALICE, False, True)]
+
+
+async def test_a_refused_text_fails_its_message_and_stores_the_refusal(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender, provider: FakeProvider,
+) -> None:
+    provider.failures.append(ProviderRejected(21211, "invalid number"))
+    refused = await send(units, sender)
+    assert isinstance(refused, Stored) and not refused.replayed
+    assert refused.outcome.status().details  # the google.rpc.Status, ErrorInfo and all
+    (message,) = units.db.table("messages").values()
+    assert (message.status, message.handoff, message.error_code) == (
+        MessageStatus.FAILED, Handoff.REJECTED, 21211)
+
+
+async def an_outage(units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender,
+                    provider: FakeProvider) -> Message:
+    """A send the provider fails with a 503: ProviderDown; the message it left."""
+    provider.failures.append(ProviderUnavailable("503", maybe_sent=False))
+    with pytest.raises(ProviderDown):
+        await send(units, sender)
+    (message,) = units.db.table("messages").values()
+    return message  # type: ignore[no-any-return]
+
+
+async def test_a_provider_outage_stores_nothing_and_ends_the_lease_now(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender, provider: FakeProvider,
+) -> None:
+    message = await an_outage(units, sender, provider)
+    assert (message.status, message.handoff) == (MessageStatus.QUEUED, Handoff.NONE)
+    (_, pending), = units.db.keys.values()
+    assert isinstance(pending, Pending) and pending.resource_id == message.message_id
+    retried = await send(units, sender)  # the lease ended: the retry takes it over
+    assert isinstance(retried, Message) and retried.message_id == message.message_id
+    assert provider.sent == ["Hi"]
+
+
+async def test_a_recipient_who_texted_stop_is_not_texted(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender, provider: FakeProvider,
+) -> None:
+    inbound = service.ReceiveInbound(from_number=LEAD.phone, to=FakeProvider.from_number,
+                                     body="Stop.", provider_message_id="SMin1", caller=TWILIO,
+                                     key=Key(INBOUND, "in-1", "f"))
+    answered = await service.receive_inbound(inbound, answering_inbound(units), region="US",
+                                             provider="twilio")
+    assert isinstance(answered, service.Inbound) and answered.opt_out is True
+    assert any(isinstance(e, ConsentChanged) for e in units.db.events)
+    with pytest.raises(RecipientOptedOut):
+        await send(units, sender)
+    assert provider.sent == [] and len(units.db.table("messages")) == 1
+
+
+async def test_a_text_delivered_twice_by_the_provider_is_recorded_once(
+    units: FakeUnits[FakeMessagingUnitOfWork],
+) -> None:
+    for key in ("in-1", "in-2"):
+        inbound = service.ReceiveInbound(from_number=LEAD.phone, to="", body="hello",
+                                         provider_message_id="SMsame", caller=TWILIO,
+                                         key=Key(INBOUND, key, "f"))
+        answered = await service.receive_inbound(inbound, answering_inbound(units),
+                                                 region="US", provider="twilio")
+        assert isinstance(answered, service.Inbound) and answered.opt_out is None
+    assert len(units.db.table("messages")) == 1
+
+
+async def test_a_late_delivery_report_never_moves_a_status_backwards(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender,
+) -> None:
+    sent = await send(units, sender)
+    assert isinstance(sent, Message)
+
+    async def report(status: str, key: str) -> Message | Stored:
+        return await service.record_delivery_status(service.RecordDeliveryStatus(
+            provider_status=status, message_id="", provider_message_id=sent.provider_message_id,
+            error_code=0, error_message="", caller=TWILIO, key=Key(STATUS, key, status)),
+            units())
+
+    await report("delivered", "r1")
+    late = await report("sent", "r2")
+    assert isinstance(late, Message) and late.status is MessageStatus.DELIVERED
+
+
+async def test_a_send_abandoned_past_its_lease_is_failed_and_its_key_forgotten(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender, provider: FakeProvider,
+) -> None:
+    await an_outage(units, sender, provider)
+    assert await service.recover_abandoned(units, sender, older_than=-60) == 1
+    (message,) = units.db.table("messages").values()
+    assert (message.status, message.handoff) == (MessageStatus.FAILED, Handoff.NONE)
+    assert units.db.keys == {}
+
