@@ -16,6 +16,7 @@ import logging
 import math
 import sqlite3
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ T = TypeVar("T")
 DEFAULT_RETRY_BUDGET = 10.0
 # How long before the caller's deadline an outage is reported.
 ANSWER_MARGIN = 0.25
+# Tasks inside an SQLite transaction (see `bounded`).
+_in_sqlite_transaction: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003",
                         "08006", "08001", "08004"}
 
@@ -120,11 +123,12 @@ class Database:
 
     @asynccontextmanager
     async def _connect(self, write: bool) -> AsyncIterator[AsyncConnection]:
+        if self.is_sqlite:
+            async with self._sqlite_transaction(write) as conn:
+                yield conn
+            return
         async with self.engine.connect() as conn:
-            if self.is_sqlite:
-                await conn.execution_options(crm_write=write)
-                await conn.begin()  # BEGIN IMMEDIATE for a write (see _configure_sqlite)
-            elif not write:
+            if not write:
                 # A read needs no BEGIN and ROLLBACK, two round trips of its own.
                 # Every read here is one statement, or statements that stay
                 # correct without one snapshot (the event log's prefix property).
@@ -139,6 +143,34 @@ class Database:
             finally:
                 if conn.in_transaction():
                     await conn.rollback()
+
+    @asynccontextmanager
+    async def _sqlite_transaction(self, write: bool) -> AsyncIterator[AsyncConnection]:
+        """An SQLite transaction that runs to its end once it has begun.
+
+        A task cancelled while a statement is in aiosqlite's thread has its
+        connection invalidated by SQLAlchemy and dropped without a ROLLBACK:
+        the file lock of its BEGIN IMMEDIATE stays held until the connection
+        is collected, and every writer after it waits (`busy_timeout`) and
+        times out. So `bounded` does not cancel work that is inside one of
+        these; it lets the transaction finish (in milliseconds, on a local
+        file) and collects how it ended.
+        """
+        task = asyncio.current_task()
+        if task is not None:
+            _in_sqlite_transaction.add(task)
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(crm_write=write)
+                await conn.begin()  # BEGIN IMMEDIATE for a write (see _configure_sqlite)
+                try:
+                    yield conn
+                finally:
+                    if conn.in_transaction():
+                        await conn.rollback()
+        finally:
+            if task is not None:
+                _in_sqlite_transaction.discard(task)
 
     async def ping(self, within: float) -> None:
         """Reach the database afresh and run `SELECT 1`; raises if it cannot `within` seconds.
@@ -220,14 +252,20 @@ async def bounded(work: Callable[[], Awaitable[T]], seconds: float) -> T:
     try:
         done, _ = await asyncio.wait({task}, timeout=seconds)
     except asyncio.CancelledError:
-        task.cancel()
-        task.add_done_callback(_unwound)
+        _abandon(task)
         raise
     if task in done:
         return task.result()
-    task.cancel()
-    task.add_done_callback(_unwound)
+    _abandon(task)
     raise TimeoutError
+
+
+def _abandon(task: asyncio.Task[Any]) -> None:
+    """Leave `task` to unwind on its own: cancelled, unless it is inside an SQLite
+    transaction, which is left to finish (see `Database._sqlite_transaction`)."""
+    if task not in _in_sqlite_transaction:
+        task.cancel()
+    task.add_done_callback(_unwound)
 
 
 def _unwound(task: asyncio.Future[Any]) -> None:
