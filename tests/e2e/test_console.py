@@ -293,6 +293,14 @@ async def open_console(browser: Browser, system: System, **options: Any) -> Cons
     return console
 
 
+async def console_on_lead(browser: Browser, system: System, lead: dict[str, Any]) -> Console:
+    """A console signed in as alice, on `lead`'s page."""
+    console = await open_console(browser, system)
+    await console.log_in()
+    await console.open_lead(lead)
+    return console
+
+
 # -- the tests --------------------------------------------------------------------------------
 
 
@@ -436,10 +444,8 @@ async def test_a_press_made_offline_is_queued_and_takes_effect_once_back_online(
     browser: Browser, system: System, artifacts: Path
 ) -> None:
     lead = await new_lead(system.url, unique_name("Grace Hopper"))
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
 
     await console.context.set_offline(True)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
@@ -538,10 +544,8 @@ async def test_a_press_whose_answer_was_lost_is_sent_again_with_its_key_and_appl
     browser: Browser, system: System
 ) -> None:
     lead = await new_lead(system.url, unique_name("Hedy Lamarr"))
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     sent: list[tuple[str | None, int, str | None]] = []
 
     async def lose_the_first_answer(route: Route) -> None:
@@ -573,10 +577,8 @@ async def test_a_queued_press_survives_a_reload_and_is_sent_once(
     browser: Browser, system: System
 ) -> None:
     lead = await new_lead(system.url, unique_name("Margaret Hamilton"), "LEAD_STATUS_QUALIFIED")
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
 
     async def unreachable(route: Route) -> None:
         await route.abort("connectionrefused")
@@ -643,10 +645,8 @@ async def test_the_bulk_change_reports_unchanged_leads_and_names_every_refused_o
     fresh = await new_lead(system.url, unique_name("Mary Jackson"))
     contacted = await new_lead(system.url, unique_name("Dorothy Vaughan"), "LEAD_STATUS_CONTACTED")
     won = await new_lead(system.url, unique_name("Annie Easley"), "LEAD_STATUS_WON")
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, fresh)
     page = console.page
-    await console.log_in()
-    await console.open_lead(fresh)
 
     for lead in (fresh, contacted):
         await console.row(lead).locator(".row-check").check()
@@ -694,10 +694,8 @@ async def test_confirming_into_a_taken_slot_names_the_appointment_it_collides_wi
     await api(system.url, "POST", f"/v1/appointments/{taken['appointmentId']}:confirm", {})
     clashing = await new_appointment(system.url, second["leadId"], agent,
                                      "2030-05-01T10:30:00Z", "2030-05-01T11:30:00Z")
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, second)
     page = console.page
-    await console.log_in()
-    await console.open_lead(second)
 
     await page.click(f'button[data-key="confirm:{clashing["appointmentId"]}"]')
     item = page.locator(f'[data-appointment-id="{clashing["appointmentId"]}"]')
@@ -722,10 +720,8 @@ async def test_the_segment_counter_counts_as_carriers_do(
     browser: Browser, system: System
 ) -> None:
     lead = await new_lead(system.url, unique_name("Radia Perlman"))
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     counter = page.locator("#sms-counter")
 
     # The room shown is the room the limit allows (one segment here), never more.
@@ -781,10 +777,8 @@ async def test_an_sms_provider_outage_pauses_the_send_button_and_nothing_else(
 async def see_the_breaker_open(browser: Browser, system: System, artifacts: Path,
                                twilio: TwilioDouble) -> None:
     lead = await new_lead(system.url, unique_name("Katie Bouman"))
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     await expect(page.locator("#provider")).to_have_attribute("data-state", "CLOSED")
     keys: list[str | None] = []
     page.on("request", lambda r: keys.append(r.headers.get("idempotency-key"))
@@ -876,10 +870,8 @@ async def test_a_double_click_moves_a_lead_and_confirms_an_appointment_once_with
     lead = await new_lead(system.url, unique_name("Evelyn Boyd"))
     appointment = await new_appointment(system.url, lead["leadId"], f"agent-{uuid.uuid4().hex[:6]}",
                                         "2030-06-01T10:00:00Z", "2030-06-01T10:30:00Z")
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     keys: list[str | None] = []
     page.on("request", lambda r: keys.append(r.headers.get("idempotency-key"))
             if r.method == "POST" and urlsplit(r.url).path.startswith("/v1/") else None)
@@ -906,10 +898,8 @@ async def test_presses_faster_than_the_screen_are_one_press_with_one_key(
     browser: Browser, system: System
 ) -> None:
     lead = await new_lead(system.url, unique_name("Annie Easley"))
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     keys: list[str | None] = []
     page.on("request", lambda r: keys.append(r.headers.get("idempotency-key"))
             if r.url.endswith(":updateStatus") else None)
@@ -931,10 +921,8 @@ async def test_a_refusal_that_says_it_already_happened_reads_as_done(
     browser: Browser, system: System
 ) -> None:
     lead = await new_lead(system.url, unique_name("Gladys West"))
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     # Someone else makes the same move while this press is on its way.
     async def someone_else_first(route: Route) -> None:
         await api(system.url, "POST", f"/v1/leads/{lead['leadId']}:updateStatus",
@@ -980,10 +968,8 @@ async def test_the_guided_follow_up_confirms_texts_and_moves_the_lead_each_once(
     lead = await new_lead(system.url, f"{first_name} Lovelace")
     appointment = await new_appointment(system.url, lead["leadId"], f"agent-{uuid.uuid4().hex[:6]}",
                                         "2030-03-01T15:00:00Z", "2030-03-01T15:30:00Z")
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     posts: list[tuple[str, str | None]] = []
     page.on("request", lambda r: posts.append((urlsplit(r.url).path, r.headers.get(
         "idempotency-key"))) if r.method == "POST" and r.url.find("/v1/") > 0 else None)
@@ -1102,10 +1088,8 @@ async def test_an_appointment_in_the_past_is_refused_by_the_page_and_by_the_serv
     browser: Browser, system: System
 ) -> None:
     lead = await new_lead(system.url, unique_name("Katherine Johnson"))
-    console = await open_console(browser, system)
+    console = await console_on_lead(browser, system, lead)
     page = console.page
-    await console.log_in()
-    await console.open_lead(lead)
     await page.fill("#appointment-form [name=startTime]", "2020-01-06T10:00")
     await page.click("#appointment-form button[type=submit]")
     await expect(page.locator('#appointment-form .field-error[data-for="startTime"]')).to_have_text(
