@@ -28,7 +28,6 @@ SERVICE = "service"
 AGENT = "agent"
 VIEWER = "viewer"
 ADMIN = "admin"
-ROLES = frozenset({AGENT, VIEWER, ADMIN, SERVICE})
 # The roles a CRM_API_TOKENS entry may name; `service` comes from CRM_SERVICE_PRINCIPALS.
 NAMED_ROLES = (AGENT, VIEWER, ADMIN)
 # The organization of a caller whose credentials name none.
