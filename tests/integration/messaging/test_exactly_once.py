@@ -26,6 +26,12 @@ from tests.support.twilio_double import TwilioDouble
 
 Stub = messaging_pb2_grpc.MessagingServiceStub
 
+# A send's deadline that leaves the service time to reach Twilio on a busy
+# machine (it gives up on the handoff ANSWER_MARGIN or a fifth before it), and
+# a lost answer that would come only after it.
+DEADLINE = 2.5
+SLOWER_THAN_THE_DEADLINE = DEADLINE + 2
+
 
 async def history(stub: Stub, lead_id: str) -> list[pb.Message]:
     return list((await stub.ListMessages(pb.ListMessagesRequest(lead_id=lead_id))).messages)
@@ -90,9 +96,9 @@ async def test_an_answer_lost_past_the_deadline_is_adopted_by_the_retry_not_sent
 ) -> None:
     stub, _ = patient
     key = new_key()
-    twilio.lose_answer(after=3)
+    twilio.lose_answer(after=SLOWER_THAN_THE_DEADLINE)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await send(stub, lead.lead_id, key=key, timeout=1)
+        await send(stub, lead.lead_id, key=key, timeout=DEADLINE)
     assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     (accepted,) = twilio.sent  # Twilio has it, though nobody heard
     async def retried() -> pb.Message | None:
@@ -110,7 +116,7 @@ async def test_an_answer_lost_past_the_deadline_is_adopted_by_the_retry_not_sent
             outcome.append(found)
         return bool(outcome)
 
-    await wait_until(done, within=10, interval=0.25)
+    await wait_until(done, within=DEADLINE + LEASE_MARGIN + 10, interval=0.25)
     assert outcome[0].provider_message_id == accepted.sid
     assert len(twilio.sent) == 1
 
@@ -120,9 +126,9 @@ async def test_the_sweep_adopts_a_text_twilio_took_when_nobody_retries(
 ) -> None:
     stub, sender = patient
     key = new_key()
-    twilio.lose_answer(after=3)
+    twilio.lose_answer(after=SLOWER_THAN_THE_DEADLINE)
     with pytest.raises(grpc.aio.AioRpcError):
-        await send(stub, lead.lead_id, key=key, timeout=1)
+        await send(stub, lead.lead_id, key=key, timeout=DEADLINE)
     await wait_until(lambda: sender.recover_abandoned(older_than=-LEASE_MARGIN - 5), within=10)
     (adopted,) = await history(stub, lead.lead_id)
     assert adopted.provider_message_id == twilio.sent[0].sid
