@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import DateTime, TypeDecorator
 
+from services.shared import sql
 from services.shared.errors import Unavailable
 from services.shared.retry import backoff
 
@@ -41,6 +42,7 @@ DEFAULT_RETRY_BUDGET = 10.0
 ANSWER_MARGIN = 0.25
 # Tasks inside an SQLite transaction (see `bounded`).
 _in_sqlite_transaction: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003",
                         "08006", "08001", "08004"}
 
@@ -100,6 +102,7 @@ class Database:
                 echo=echo,
                 connect_args={"connect_timeout": 5, "application_name": "closed-loop"},
             )
+            _configure_postgres(self.engine)
         # SQLite has one writer at a time; queue here instead of in busy-wait loops.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
@@ -133,11 +136,24 @@ class Database:
                 # Every read here is one statement, or statements that stay
                 # correct without one snapshot (the event log's prefix property).
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
-            # PostgreSQL: psycopg begins the transaction with its first statement
-            # (services.shared.sql sends them to it directly), so SQLAlchemy's own
-            # begin, a greenlet hop that sends nothing, is left out; a statement run
-            # through SQLAlchemy begins its books as it goes. Whatever is left open
-            # is rolled back here, or by the pool as the connection goes back.
+            else:
+                # A write's BEGIN rides with its first statement (services.shared.sql
+                # sends them to psycopg directly), so psycopg, which would send its
+                # own and wait for the answer, is kept in autocommit mode. Reads
+                # leave the pool's connections out of it again (SQLAlchemy resets
+                # the isolation level it set), so set it here each time.
+                # (A connection the server dropped is not IDLE: psycopg would
+                # refuse the change; its first statement then fails as it would
+                # have anyway, as a transient error.)
+                raw = sql.driver(conn)
+                if not raw.autocommit and raw.info.transaction_status == _IDLE:
+                    await raw.set_autocommit(True)
+                sql.begin_with_first_statement(conn)
+            # SQLAlchemy's own begin, a greenlet hop that sends nothing, is left
+            # out; a statement run through SQLAlchemy begins its books as it goes.
+            # Whatever is left open is rolled back here, or by the pool as the
+            # connection goes back (psycopg rolls back whatever transaction the
+            # server has open, autocommit or not).
             try:
                 yield conn
             finally:
@@ -213,6 +229,14 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def on_begin(conn: Any) -> None:
         write = conn.get_execution_options().get("crm_write", True)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _configure_postgres(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def begin_first(conn: Any, cursor: Any, *_: Any) -> None:
+        # A write transaction's BEGIN, if a statement through SQLAlchemy comes
+        # first (see `Database._connect`).
+        sql.begin_if_pending(conn.connection.driver_connection, cursor)
 
 
 class RunAgain(Exception):

@@ -10,6 +10,12 @@ than the work itself. So:
 - `batch` sends several statements in one psycopg pipeline: one round trip,
   with the transaction's BEGIN (and COMMIT, if asked) riding along.
 
+A write transaction's connection is in autocommit mode for psycopg, and its
+BEGIN is a statement of ours that goes out with the first statement (see
+`begin_with_first_statement`): psycopg's own BEGIN would wait for its answer,
+a round trip of its own, before the first statement could go. Its COMMIT is a
+statement too, sent in the same pipeline as the last writes.
+
 SQLite runs the same statements through SQLAlchemy, one by one: its writers
 are serialized in the process and its round trips are function calls.
 
@@ -66,6 +72,8 @@ class GuardFailed(Exception):
 
 # The transaction-local setting row-level security reads (see services.shared.rls).
 SET_SCOPE = text("SELECT set_config('crm.org', %(crm_org)s, true)")
+BEGIN = text("BEGIN")
+COMMIT = text("COMMIT")
 
 
 @dataclass
@@ -79,6 +87,23 @@ class _Scope:
 
 
 _scopes: weakref.WeakKeyDictionary[AsyncConnection, _Scope] = weakref.WeakKeyDictionary()
+# The psycopg connections of write transactions whose BEGIN has not gone out yet.
+_unbegun: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def begin_with_first_statement(conn: AsyncConnection) -> None:
+    """PostgreSQL: `conn` (psycopg in autocommit mode) starts a transaction with the
+    next statement sent through this module: BEGIN goes out in its round trip. A
+    statement sent through SQLAlchemy instead sends it first (`begin_if_pending`)."""
+    _unbegun.add(driver(conn))
+
+
+def begin_if_pending(driver_connection: Any, cursor: Any) -> None:
+    """Send the pending BEGIN of a write transaction on `cursor` (SQLAlchemy's,
+    before it runs a statement of its own: the engine's before_cursor_execute)."""
+    if driver_connection in _unbegun:
+        _unbegun.discard(driver_connection)
+        cursor.execute(BEGIN.text)
 
 
 def scope(conn: AsyncConnection, org: str, *, every_statement: bool,
@@ -96,15 +121,19 @@ def scope_sent(conn: AsyncConnection) -> bool:
 
 
 def _scoping(conn: AsyncConnection) -> list[tuple[Statement, Params]]:
-    """What to send before the next statement on `conn`: its preamble, then the
-    set_config, if it needs them."""
+    """What to send before the next statement on `conn`: its BEGIN, its preamble,
+    then the set_config, if it needs them."""
+    begin: list[tuple[Statement, Params]] = []
+    if _unbegun and (raw := driver(conn)) in _unbegun:
+        _unbegun.discard(raw)
+        begin.append((BEGIN, {}))
     found = _scopes.get(conn)
     if found is None or not found.pending:
-        return []
+        return begin
     if not found.every_statement:
         found.pending = False
     preamble, found.preamble = found.preamble, ()
-    return [*preamble, (SET_SCOPE, {"crm_org": found.org})]
+    return [*begin, *preamble, (SET_SCOPE, {"crm_org": found.org})]
 
 
 def raw(sql_text: str) -> Executable:
@@ -169,7 +198,10 @@ async def batch(
             for statement, params in statements:
                 cursors.append(await raw.execute(postgres_sql(statement, params), params))
             if commit:
-                await raw.commit()
+                # A statement, not raw.commit(): psycopg skips its COMMIT when it
+                # believes no transaction is open, and the BEGIN of this very
+                # pipeline may not have been confirmed to it yet.
+                await raw.execute(COMMIT.text)
     except psycopg.errors.InvalidTextRepresentation as error:
         failed = guard_failure(error)
         if failed is None:
