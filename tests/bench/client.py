@@ -8,10 +8,19 @@ or `{"error": …}`.
     {"kind": "load", "scenario": "GetLead", "paths": ["grpc", "http"], "rounds": 3,
      "echo_share": 0.25, "concurrencies": [1, 32], "warmup": 0.5, "duration": 3,
      "channels": 1, "targets": {…}, "token": "…",
-     "companions": {"LeanCreateLead": ["grpc"]}}   (optional: other scenarios
+     "companions": {"LeanCreateLead": ["grpc"]},   (optional: other scenarios
                                                     taking turns in the same rounds)
+     "analyze": ["postgresql://…/crmbench_…_leads", …]}   (optional, see below)
     {"kind": "subscribe", "via": "grpc" | "sse" | "echo", "streams": 100, …}
     {"kind": "write", "via": "grpc" | "echo", "events": 30, "interval": 0.05, …}
+
+`analyze` names the run's PostgreSQL databases: after making its data, a load
+job runs ANALYZE on them, so the rows are measured with the planner statistics
+that a database in service has (autovacuum gathers them about once a minute).
+A run lasts less than that on databases made seconds before it, and without
+statistics PostgreSQL's planner rates every index that starts with `org` as good
+as a primary key for a lookup by id: in the rounds where autovacuum had not come
+yet, UpdateLeadStatus read its lead through the phone index, every row of the org.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
 
 from tests.bench import feeds
 from tests.bench.feeds import emit
@@ -89,6 +100,7 @@ async def load(job: dict[str, Any]) -> None:
             for name, scenario in scenarios.items():
                 await scenario.prepare(concurrency, scenario.prepare_share * spent[name])
             await baseline.prepare(concurrency, 0)
+            await analyze(job.get("analyze", []))
             tallies = {turn.id: Tally(concurrency) for turn in turns}
             for round_ in range(rounds):
                 for turn in turns:
@@ -108,6 +120,13 @@ async def load(job: dict[str, Any]) -> None:
     finally:
         await kit.close()
     emit({"result": results})
+
+
+async def analyze(databases: list[str]) -> None:
+    """Gather the planner's statistics of these databases (see the module)."""
+    for url in databases:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("ANALYZE")
 
 
 async def main(job: dict[str, Any]) -> None:

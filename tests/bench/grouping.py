@@ -27,6 +27,7 @@ from tests.bench.replicas import serving
 from tests.bench.report import stand_alone
 from tests.bench.servers import (
     ROOT,
+    admin_url,
     create_databases,
     drop_databases,
     free_port,
@@ -73,7 +74,7 @@ async def turn(url: str, database: str, setting: str, scenario: str, *,
                "targets": {"leads": f"127.0.0.1:{port}", "echo": echo},
                "token": tokens["bench"], "concurrencies": [CONCURRENCY], "warmup": 0.5,
                "duration": duration, "rounds": 1, "echo_share": 0.0, "channels": 1,
-               "companions": {}}
+               "companions": {}, "analyze": [admin_url(database)]}
         probe = CpuProbe({"leads": process.pid}, [database])
         (result,) = await run_load(job, probe, workdir / "clients.log")
         after = await asyncio.to_thread(carried, metrics_port)

@@ -76,7 +76,8 @@ async def turn(url: str, workers: int, *, tokens: dict[str, str], echo: str, wor
                    "targets": {"leads": f"127.0.0.1:{port}", "echo": echo},
                    "token": tokens["bench"], "concurrencies": [CONCURRENCY], "warmup": 0.5,
                    "duration": duration, "rounds": 1, "echo_share": ECHO_SHARE,
-                   "channels": channels, "companions": {}}
+                   "channels": channels, "companions": {},
+                   "analyze": [url.replace("postgresql+psycopg://", "postgresql://", 1)]}
             (result,) = await run_load(job, CpuProbe({}, []), workdir / "clients.log")
             echoes = Tally(CONCURRENCY)
             echoes.merge(result["echo"])

@@ -21,6 +21,7 @@ from tests.bench.scenarios import SCENARIOS
 from tests.bench.servers import (
     Server,
     Stack,
+    admin_url,
     make_tokens,
     postgres_version,
     raise_fd_limit,
@@ -87,6 +88,8 @@ class Where:
     backend: str
     targets: dict[str, str]
     probe: CpuProbe
+    # Its PostgreSQL databases, analyzed after each job makes its data.
+    databases: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,7 +127,8 @@ class Run:
                "token": self.token, "concurrencies": concurrencies,
                "warmup": self.options.warmup, "duration": self.options.duration,
                "rounds": self.options.rounds, "echo_share": self.options.echo_share,
-               "channels": self.options.channels, "companions": others}
+               "channels": self.options.channels, "companions": others,
+               "analyze": where.databases}
 
         def facts(name: str) -> dict[str, Any]:
             found = SCENARIOS[name]
@@ -230,6 +234,7 @@ class Run:
             {**running.targets, "echo": self.echo.target,
              "gateway": running.servers["gateway"].url},
             CpuProbe({**running.pids(), "echo": self.echo.pid}, running.databases),
+            [admin_url(name) for name in running.databases],
         )
         calls = self.calls_on(running.backend)
         # A call's gRPC and HTTP rows, its lean reference and its echo baseline take

@@ -200,7 +200,8 @@ async def start_lean(database_url: str, env: Mapping[str, str], workdir: Path) -
 # -- PostgreSQL ------------------------------------------------------------------------
 
 
-def _url_for(name: str) -> str:
+def admin_url(name: str) -> str:
+    """The libpq URL of database `name` on the run's server, as its administrator."""
     base, _, _ = ADMIN_URL.rpartition("/")
     return f"{base}/{name}"
 
@@ -218,7 +219,7 @@ def create_databases(names: list[str]) -> dict[str, str]:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         for name in names:
             conn.execute(f'CREATE DATABASE "{name}"')
-    return {name: _url_for(name).replace("postgresql://", "postgresql+psycopg://", 1)
+    return {name: admin_url(name).replace("postgresql://", "postgresql+psycopg://", 1)
             for name in names}
 
 
