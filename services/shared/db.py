@@ -131,6 +131,7 @@ class Database:
                 yield conn
             return
         async with self.engine.connect() as conn:
+            raw = None
             if not write:
                 # A read needs no BEGIN and ROLLBACK, two round trips of its own.
                 # Every read here is one statement, or statements that stay
@@ -157,6 +158,8 @@ class Database:
             try:
                 yield conn
             finally:
+                if raw is not None:
+                    sql.forget_begin(raw)  # sent, or never to be: not for the next user
                 if conn.in_transaction():
                     await conn.rollback()
 

@@ -98,6 +98,12 @@ def begin_with_first_statement(conn: AsyncConnection) -> None:
     _unbegun.add(driver(conn))
 
 
+def forget_begin(driver_connection: Any) -> None:
+    """The write transaction on this psycopg connection has ended: its BEGIN, if it
+    never went out, is not for whoever takes the connection next."""
+    _unbegun.discard(driver_connection)
+
+
 def begin_if_pending(driver_connection: Any, cursor: Any) -> None:
     """Send the pending BEGIN of a write transaction on `cursor` (SQLAlchemy's,
     before it runs a statement of its own: the engine's before_cursor_execute)."""
