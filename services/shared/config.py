@@ -249,7 +249,7 @@ class Settings:
     bind_host: str = "127.0.0.1"
     db_pool_size: int = 10
     # PostgreSQL: the most write calls one commit carries; 0 or 1: each alone.
-    group_commit: int = 0
+    group_commit: int = 32
     default_region: str = "US"
     metrics_port: int | None = None
     tls: TLS = TLS(None, None, None)
@@ -298,7 +298,7 @@ class Settings:
             health_probe_seconds=env.get("CRM_HEALTH_PROBE_SECONDS", number(0.05, 300), 5.0),
             bind_host=env.str("CRM_BIND_HOST", "127.0.0.1"),
             db_pool_size=env.get("CRM_DB_POOL_SIZE", integer(1, 100), 10),
-            group_commit=env.get("CRM_GROUP_COMMIT", integer(0, 60), 0),
+            group_commit=env.get("CRM_GROUP_COMMIT", integer(0, 60), 32),
             default_region=env.get("CRM_DEFAULT_REGION", region, "US"),
             metrics_port=env.get("CRM_METRICS_PORT", integer(0, 65535), None),
             tls=tls,

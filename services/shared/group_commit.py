@@ -73,8 +73,8 @@ savepoint, and that member runs again. A unit of work must not open another
 write unit of work while it holds its seat (none does: SQLite's single writer
 would deadlock the same way).
 
-CRM_GROUP_COMMIT sets `most` (off by default; 32 is a good value); 0 or 1 turns grouping off (every
-call commits alone, as on SQLite, which keeps its single writer and never groups).
+CRM_GROUP_COMMIT sets `most` (32 by default); 0 or 1 turns grouping off (every call
+commits alone, as on SQLite, which keeps its single writer and never groups).
 """
 
 from __future__ import annotations

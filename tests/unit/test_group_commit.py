@@ -20,8 +20,8 @@ def settings(**env: str) -> Settings:
     return Settings.from_env("leads", {"CRM_API_TOKENS": TOKENS, **env})
 
 
-def test_grouping_is_off_by_default_and_crm_group_commit_caps_a_group() -> None:
-    assert settings().group_commit == 0
+def test_grouping_is_on_by_default_and_crm_group_commit_caps_a_group() -> None:
+    assert settings().group_commit == 32
     assert settings(CRM_GROUP_COMMIT="0").group_commit == 0
     assert settings(CRM_GROUP_COMMIT="8").group_commit == 8
     with pytest.raises(ConfigError, match="CRM_GROUP_COMMIT: expected an integer from 0 to 60"):
