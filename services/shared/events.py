@@ -38,7 +38,13 @@ After a commit that appended events, the process wakes its own feed and
 `announce`s to the others: one NOTIFY, from a connection of its own, in flight
 at a time; the commits made while it is under way share the next one. A woken
 feed reads everything new, so one notification stands for any number of
-commits (and if one is lost, the feeds poll every second).
+commits (and if one is lost, the feeds poll every second). A NOTIFY nobody else
+hears is not sent: LISTEN connections name themselves (`listener_name`), and a
+process that last saw no other process's listener, at most LISTENERS_RECHECK
+seconds ago, announces nothing (a lone process, one replica, saves a transaction
+of the notifying connection and the work PostgreSQL does for it on every commit).
+A process that starts listening is heard from the next recheck on; before that
+its feed learns of the others' commits by its one-second poll.
 
 Reading. Each process keeps one `EventFeed`: it learns of new events from
 PostgreSQL LISTEN/NOTIFY (or, on SQLite, from its own commits), fetches them
@@ -129,6 +135,12 @@ HELD_FIRST = 0.002
 HELD_MOST = 0.1
 # A read of the tail that takes longer than this is given up, with its connection.
 READ_TIMEOUT = 5.0
+# How long a process trusts what it last saw of the other processes' LISTEN
+# connections before it announces (or not) again.
+LISTENERS_RECHECK = 1.0
+_OTHERS_LISTEN = ("SELECT EXISTS (SELECT 1 FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND application_name = %s"
+                  " AND pid <> %s)")
 # The feed's own connections: a peer that stops answering is noticed in about 10 s.
 FEED_CONNECTION: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1,
                                    "keepalives_idle": 5, "keepalives_interval": 2,
@@ -505,6 +517,11 @@ class EventFeed:
         self._announcing: asyncio.Task[None] | None = None
         self._announce_again = False
         self._announce_failing = False
+        # This process's LISTEN connection (its backend), and what was last seen of
+        # the others' (when, on the loop's clock; whether there was one).
+        self._listener_pid = 0
+        self._others_seen_at = float("-inf")
+        self._others_listen = True
 
     async def start(self) -> None:
         async with self.db.transaction(write=False) as conn:
@@ -541,8 +558,10 @@ class EventFeed:
                         lambda: psycopg.AsyncConnection.connect(
                             self.db.libpq_conninfo(), autocommit=True, **FEED_CONNECTION),
                         READ_TIMEOUT)
-                await bounded(partial(self._notifier.execute, "SELECT pg_notify(%s, '')",
-                                      (self.log.channel,)), READ_TIMEOUT)
+                if await bounded(partial(self._others_are_listening, self._notifier),
+                                 READ_TIMEOUT):
+                    await bounded(partial(self._notifier.execute, "SELECT pg_notify(%s, '')",
+                                          (self.log.channel,)), READ_TIMEOUT)
             except (psycopg.Error, OSError, TimeoutError) as error:
                 # The other processes poll every second meanwhile.
                 if not self._announce_failing:
@@ -552,6 +571,24 @@ class EventFeed:
                 self._notifier = None
                 return
             self._announce_failing = False
+
+    @property
+    def listener_name(self) -> str:
+        """The application_name of the LISTEN connections of this log's feeds (at most
+        63 bytes: PostgreSQL keeps no more of it)."""
+        return f"closed-loop listen {self.log.channel}"[:63]
+
+    async def _others_are_listening(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Whether another process's feed listens on this log's channel, as last
+        seen at most LISTENERS_RECHECK seconds ago."""
+        now = asyncio.get_running_loop().time()
+        if now - self._others_seen_at >= LISTENERS_RECHECK:
+            cursor = await conn.execute(_OTHERS_LISTEN, (self.listener_name,
+                                                         self._listener_pid))
+            row = await cursor.fetchone()
+            self._others_listen = bool(row and row[0])
+            self._others_seen_at = now
+        return self._others_listen
 
     async def close(self) -> None:
         """End every subscription of this process, cleanly."""
@@ -678,9 +715,11 @@ class EventFeed:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.db.libpq_conninfo(), autocommit=True, **FEED_CONNECTION
+                    self.db.libpq_conninfo(), autocommit=True, **FEED_CONNECTION,
+                    application_name=self.listener_name,
                 )
                 async with conn:
+                    self._listener_pid = conn.info.backend_pid
                     await conn.execute(f'LISTEN "{self.log.channel}"')
                     attempt = 0
                     self.poke()  # whatever was appended while we were not listening
