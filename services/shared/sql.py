@@ -104,11 +104,19 @@ def forget_begin(driver_connection: Any) -> None:
     _unbegun.discard(driver_connection)
 
 
+def _take_begin(driver_connection: Any) -> bool:
+    """Whether a BEGIN is pending on this psycopg connection; it is the caller's to
+    send from now on."""
+    if driver_connection in _unbegun:
+        _unbegun.discard(driver_connection)
+        return True
+    return False
+
+
 def begin_if_pending(driver_connection: Any, cursor: Any) -> None:
     """Send the pending BEGIN of a write transaction on `cursor` (SQLAlchemy's,
     before it runs a statement of its own: the engine's before_cursor_execute)."""
-    if driver_connection in _unbegun:
-        _unbegun.discard(driver_connection)
+    if _take_begin(driver_connection):
         cursor.execute(BEGIN.text)
 
 
@@ -130,8 +138,7 @@ def _scoping(conn: AsyncConnection) -> list[tuple[Statement, Params]]:
     """What to send before the next statement on `conn`: its BEGIN, its preamble,
     then the set_config, if it needs them."""
     begin: list[tuple[Statement, Params]] = []
-    if _unbegun and (raw := driver(conn)) in _unbegun:
-        _unbegun.discard(raw)
+    if _unbegun and _take_begin(driver(conn)):  # reads never look their connection up
         begin.append((BEGIN, {}))
     found = _scopes.get(conn)
     if found is None or not found.pending:

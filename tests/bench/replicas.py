@@ -28,6 +28,7 @@ from tests.bench.report import stand_alone
 from tests.bench.servers import (
     ROOT,
     START_TIMEOUT,
+    admin_url,
     create_databases,
     drop_databases,
     free_port,
@@ -55,8 +56,8 @@ async def serving(log: Path, workers: int, process: asyncio.subprocess.Process) 
     raise TimeoutError(f"leads did not serve:\n{text[-2000:]}")
 
 
-async def turn(url: str, workers: int, *, tokens: dict[str, str], echo: str, workdir: Path,
-               duration: float, channels: int) -> dict[str, tuple[float, float]]:
+async def turn(url: str, database: str, workers: int, *, tokens: dict[str, str], echo: str,
+               workdir: Path, duration: float, channels: int) -> dict[str, tuple[float, float]]:
     """Each scenario's req/s and the echo server's in its turns, under `workers`."""
     port = free_port()
     ports = {"leads": port, "bookings": free_port(), "messaging": free_port(),
@@ -77,7 +78,7 @@ async def turn(url: str, workers: int, *, tokens: dict[str, str], echo: str, wor
                    "token": tokens["bench"], "concurrencies": [CONCURRENCY], "warmup": 0.5,
                    "duration": duration, "rounds": 1, "echo_share": ECHO_SHARE,
                    "channels": channels, "companions": {},
-                   "analyze": [url.replace("postgresql+psycopg://", "postgresql://", 1)]}
+                   "analyze": [admin_url(database)]}
             (result,) = await run_load(job, CpuProbe({}, []), workdir / "clients.log")
             echoes = Tally(CONCURRENCY)
             echoes.merge(result["echo"])
@@ -101,7 +102,7 @@ async def measure(*, duration: float, rounds: int, channels: int) -> dict[str, A
             try:
                 for _ in range(rounds):
                     for workers in (1, 2):
-                        found = await turn(url, workers, tokens=tokens, echo=echo.target,
+                        found = await turn(url, name, workers, tokens=tokens, echo=echo.target,
                                            workdir=workdir, duration=duration,
                                            channels=channels)
                         for scenario, (calls, echoes) in found.items():
