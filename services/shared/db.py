@@ -100,7 +100,10 @@ class Database:
                 max_overflow=pool_size,
                 pool_timeout=5,
                 echo=echo,
-                connect_args={"connect_timeout": 5, "application_name": "closed-loop"},
+                # Statements are prepared by services.shared.sql, not psycopg (which
+                # would DEALLOCATE ALL of them after every ROLLBACK).
+                connect_args={"connect_timeout": 5, "application_name": "closed-loop",
+                              "prepare_threshold": None},
             )
             _configure_postgres(self.engine)
         # SQLite has one writer at a time; queue here instead of in busy-wait loops.

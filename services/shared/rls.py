@@ -3,7 +3,7 @@
 Every table of every service has row-level security ENABLEd and FORCEd (so
 it binds the tables' owner, the role the services connect as), with one
 policy keyed on the transaction-local setting `crm.org`, which the unit of
-work sets from its caller in the same pipeline as its first statement
+work sets from its caller in the same round trip as its first statement
 (services.shared.sql.scope). A statement that forgot its `org = …` filter
 still sees, and may write, that org's rows only; with no setting it sees none.
 

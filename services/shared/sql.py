@@ -5,16 +5,30 @@ SQLAlchemy on every call, and sending each in its own round trip, costs more
 than the work itself. So:
 
 - hot statements are module constants with bind parameters, run with plain
-  parameter dicts; on PostgreSQL each is compiled once to psycopg's SQL, and
-  psycopg prepares it on the server after a few uses;
-- `batch` sends several statements in one psycopg pipeline: one round trip,
-  with the transaction's BEGIN (and COMMIT, if asked) riding along.
+  parameter dicts; on PostgreSQL each is compiled once to psycopg's SQL;
+- `batch` sends several statements in one round trip, with the transaction's
+  BEGIN (and COMMIT, if asked) riding along.
+
+How a round trip goes out on PostgreSQL (`_at_once`): its statements are one
+query string, their values bound by psycopg's quoting (`mogrify`), sent with
+the simple query protocol: one send, one wait. (A psycopg pipeline, the way it
+went before, flushes a send per statement and polls around each; for the four
+to eight statements of a write that was most of psycopg's CPU per call.) A
+statement with values is prepared by the connection the first time it sends
+it (`PREPARE crm_n AS …`, in the same string) and runs as `EXECUTE crm_n(…)`
+from then on, so PostgreSQL parses and plans it once per connection, as it did
+for psycopg's prepared statements. What a connection has prepared is known
+only once a string has run without error (a PREPARE after a failing statement
+never ran); a statement of a failed string is prepared afresh, under a new
+name, when next sent. psycopg's own preparing is off for the pool's
+connections (it would DEALLOCATE ALL after any ROLLBACK, ours included), and
+a connection prepares at most `MOST_PREPARED` statements.
 
 A write transaction's connection is in autocommit mode for psycopg, and its
 BEGIN is a statement of ours that goes out with the first statement (see
 `begin_with_first_statement`): psycopg's own BEGIN would wait for its answer,
 a round trip of its own, before the first statement could go. Its COMMIT is a
-statement too, sent in the same pipeline as the last writes.
+statement too, sent in the same round trip as the last writes.
 
 SQLite runs the same statements through SQLAlchemy, one by one: its writers
 are serialized in the process and its round trips are function calls.
@@ -22,25 +36,29 @@ are serialized in the process and its round trips are function calls.
 On PostgreSQL every statement runs in one organization's scope (row-level
 security reads `crm.org`): `scope` names it for a checked-out connection, and
 the first statement sent on it then carries `set_config('crm.org', org, true)`
-in the same pipeline, so scoping costs no round trip. A transaction keeps the
+in the same round trip, so scoping costs no round trip of its own. A transaction keeps the
 setting to its end; a read-only connection (autocommit: every statement its
 own transaction) carries it with every statement.
 
 A write may be guarded: it must change exactly so many rows (an UPDATE whose
 WHERE names the version it read). On PostgreSQL a guarded write goes out as a
 statement that fails inside the transaction when the count is wrong, so the
-COMMIT riding in the same pipeline never happens; `GuardFailed` says so.
+COMMIT riding in the same round trip never happens; `GuardFailed` says so.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg.rows import namedtuple_row
+from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import Executable, TextClause, text
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -201,31 +219,102 @@ async def batch(
     A guarded write that changes the wrong number of rows raises GuardFailed,
     and nothing after it runs: the transaction is aborted, never committed.
     """
-    raw = driver(conn)
-    cursors = []
     scoping = _scoping(conn)
-    if scoping:
-        statements = [*scoping, *statements]
+    sent = [*scoping, *statements]
+    if commit:
+        # A statement, not raw.commit(): psycopg skips its COMMIT when it believes
+        # no transaction is open, and the BEGIN sent with it is news to psycopg.
+        sent.append((COMMIT, {}))
+    found = await _at_once(driver(conn), [(postgres_sql(statement, params), params)
+                                          for statement, params in sent], tuple_row)
+    if commit and conn.in_transaction():
+        await conn.commit()  # SQLAlchemy's books, if it keeps any; nothing left to send
+    return found[len(scoping):len(scoping) + len(statements)]
+
+
+async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_factory: Any
+                   ) -> list[list[Any]]:
+    """The rows of each of `statements`, sent as one query string in one round trip.
+
+    See the module docstring. The statements run in order; the first that fails
+    stops the rest (in a transaction it would abort them anyway).
+    """
+    cursor = psycopg.AsyncClientCursor(raw, row_factory=row_factory)
+    known = _prepared.get(raw)
+    if known is None:
+        known = _prepared[raw] = {}
+    parts: list[str] = []
+    wanted: list[int] = []  # the index in the results of each statement's own result
+    preparing: dict[str, str] = {}
+    for sql_text, params in statements:
+        plan = _plan(sql_text, params)
+        if plan is None:
+            parts.append(cursor.mogrify(sql_text, params) if params else sql_text)
+        else:
+            name = known.get(sql_text) or preparing.get(sql_text)
+            if name is None and len(known) + len(preparing) < MOST_PREPARED:
+                name = preparing[sql_text] = f"crm_{next(_names)}"
+                parts.append(f"PREPARE {name} AS {plan.body}")
+            parts.append(cursor.mogrify(plan.execute.format(name=name), params) if name
+                         else cursor.mogrify(sql_text, params))
+        wanted.append(len(parts) - 1)
     try:
-        async with raw.pipeline():
-            for statement, params in statements:
-                cursors.append(await raw.execute(postgres_sql(statement, params), params))
-            if commit:
-                # A statement, not raw.commit(): psycopg skips its COMMIT when it
-                # believes no transaction is open, and the BEGIN of this very
-                # pipeline may not have been confirmed to it yet.
-                await raw.execute(COMMIT.text)
+        await cursor.execute(";\n".join(parts))
     except psycopg.errors.InvalidTextRepresentation as error:
         failed = guard_failure(error)
         if failed is None:
             raise
         raise failed from error
-    rows: list[list[tuple[Any, ...]]] = []
-    for cursor in cursors:
-        rows.append(await cursor.fetchall() if cursor.description else [])
-    if commit and conn.in_transaction():
-        await conn.commit()  # SQLAlchemy's books, if it keeps any; nothing left to send
-    return rows[len(scoping):]
+    # Only now known to exist: a statement prepared by a string that failed may or
+    # may not be, so it is prepared again under a new name when next needed.
+    known.update(preparing)
+    found: list[list[Any]] = []
+    for index in range(len(parts)):
+        if index in wanted:
+            found.append(await cursor.fetchall() if cursor.description else [])
+        cursor.nextset()
+    return found
+
+
+@dataclass(frozen=True)
+class _Plan:
+    body: str  # the statement with $n parameters, to PREPARE
+    execute: str  # "EXECUTE {name}(%(a)s, …)", to format with the name and mogrify
+
+
+_PARAM = re.compile(r"%\((\w+)\)s|%%")
+_PREPARABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
+_SCALARS = (str, int, float, bool, bytes, datetime, Decimal, type(None))
+_plans: dict[str, _Plan | None] = {}
+# Per psycopg connection: the statements it has prepared, by their SQL, and their names.
+_prepared: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+_names = itertools.count()
+# The most statements one connection prepares; any more are sent as they are.
+MOST_PREPARED = 256
+
+
+def _plan(sql_text: str, params: Params) -> _Plan | None:
+    """How to prepare and execute a statement; None for one sent as it is (a
+    command, one without values, or one with a value no plain literal carries)."""
+    if not params or not all(isinstance(value, _SCALARS) for value in params.values()):
+        return None
+    if sql_text in _plans:
+        return _plans[sql_text]
+    plan = None
+    if sql_text.lstrip().upper().startswith(_PREPARABLE):
+        order: dict[str, int] = {}
+
+        def numbered(match: re.Match[str]) -> str:
+            if match.group(1) is None:
+                return "%"
+            return f"${order.setdefault(match.group(1), len(order) + 1)}"
+
+        body = _PARAM.sub(numbered, sql_text)
+        arguments = ", ".join(f"%({name})s" for name in order)
+        plan = _Plan(body, f"EXECUTE {{name}}({arguments})" if order else "EXECUTE {name}")
+    if len(_plans) < 10_000:  # the hot statements are constants: a few hundred at most
+        _plans[sql_text] = plan
+    return plan
 
 
 async def fetch(conn: AsyncConnection, statement: Statement, params: Params) -> list[Any]:
@@ -250,15 +339,6 @@ async def rows(conn: AsyncConnection, statement: Statement) -> list[Any]:
 
 
 async def _fetch_sql(conn: AsyncConnection, sql_text: str, params: Params) -> list[Any]:
-    raw = driver(conn)
-    cursor = raw.cursor(row_factory=namedtuple_row)
-    scoping = _scoping(conn)
-    if not scoping:
-        await cursor.execute(sql_text, params)
-    else:
-        async with raw.pipeline():
-            for statement, values in scoping:
-                await raw.execute(postgres_sql(statement, values), values)
-            await cursor.execute(sql_text, params)
-    found: list[Any] = await cursor.fetchall()
-    return found
+    scoping = [(postgres_sql(statement, values), values) for statement, values in _scoping(conn)]
+    found = await _at_once(driver(conn), [*scoping, (sql_text, params)], namedtuple_row)
+    return found[-1]

@@ -1,0 +1,111 @@
+"""On PostgreSQL the statements of one round trip go out as one string, their
+values bound by psycopg's quoting, each statement with values prepared by the
+connection on first use and run as EXECUTE after (services.shared.sql)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+
+from services.shared import sql
+from services.shared.db import Database
+
+ECHO = text("SELECT %(word)s::text AS word, %(at)s::timestamptz AS at, %(n)s::bigint AS n, "
+            "%(blob)s::bytea AS blob, %(none)s::text AS none, %(word)s::text AS again")
+PREPARED = text("SELECT name, statement FROM pg_prepared_statements")
+
+
+@pytest.fixture
+async def db(postgres_url: str) -> AsyncIterator[Database]:
+    # One pooled connection: every checkout takes the one the last gave back.
+    found = Database(postgres_url, pool_size=1)
+    yield found
+    await found.dispose()
+
+
+def echo_params(word: str) -> dict[str, object]:
+    return {"word": word, "at": datetime(2026, 12, 3, 8, 0, 0, 123456, tzinfo=UTC),
+            "n": -(2 ** 62), "blob": b"\x00'\\%", "none": None}
+
+
+async def prepared(conn: object, fragment: str) -> list[str]:
+    """The statements the connection has prepared whose SQL holds `fragment`
+    (the statement column holds the whole string the PREPARE came in)."""
+    rows = await sql.fetch(conn, PREPARED, {})  # type: ignore[arg-type]
+    found = []
+    for row in rows:
+        own = row.statement.split(f"PREPARE {row.name} AS ", 1)[-1].split(";\n", 1)[0]
+        if fragment in own:
+            found.append(row.name)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("word", [
+    "plain", "it's", "100%", "%(word)s", "%s", "a;b", "back\\slash", "$1", "--", "/*", "ünï ☎",
+])
+async def test_values_come_back_exactly_as_sent(db: Database, word: str) -> None:
+    params = echo_params(word)
+    async with db.transaction(write=True) as conn:
+        # Twice in one string (prepared, then executed) and once more after.
+        first, second = await sql.batch(conn, [(ECHO, params), (ECHO, params)])
+        third = await sql.fetch(conn, ECHO, params)
+    expected = (word, params["at"], params["n"], params["blob"], None, word)
+    assert [tuple(row) for row in (*first, *second)] == [expected, expected]
+    assert [tuple(row) for row in third] == [expected]
+
+
+async def test_each_statement_gets_its_own_rows_and_commands_none(db: Database) -> None:
+    async with db.transaction(write=True) as conn:
+        found = await sql.batch(conn, [
+            (text("SELECT %(a)s::int AS a UNION ALL SELECT %(b)s::int"), {"a": 1, "b": 2}),
+            (sql.raw("SAVEPOINT s"), {}),
+            (text("SELECT 3 AS c"), {}),
+            (text("SELECT %(a)s::int AS a WHERE false"), {"a": 1}),
+        ], commit=True)
+    assert [[tuple(row) for row in rows] for rows in found] == [[(1,), (2,)], [], [(3,)], []]
+
+
+async def test_a_prepared_statement_outlives_a_rollback(db: Database) -> None:
+    """psycopg's own preparing would DEALLOCATE ALL after a ROLLBACK, and the next
+    EXECUTE of ours would fail: it is turned off for the pool's connections."""
+    marker = text("SELECT %(n)s::int AS n /* outlives a rollback */")
+    async with db.transaction(write=True) as conn:
+        assert [row.n for row in await sql.fetch(conn, marker, {"n": 1})] == [1]
+        names = await prepared(conn, "outlives a rollback")
+        for _ in range(6):  # often enough for psycopg to prepare it, were it left to
+            await sql.driver(conn).execute("SELECT %s::int", (1,))
+        await conn.execute(text("ROLLBACK"))
+    async with db.transaction(write=True) as conn:
+        assert [row.n for row in await sql.fetch(conn, marker, {"n": 2})] == [2]
+        assert await prepared(conn, "outlives a rollback") == names
+    assert len(names) == 1
+
+
+async def test_a_string_that_fails_leaves_its_statements_to_be_prepared_afresh(
+    db: Database,
+) -> None:
+    """Which PREPAREs of a failed string ran is not known (here: none after the
+    failing statement): the next use prepares again, under a new name, and works."""
+    marker = text("SELECT %(n)s::int AS n /* prepared afresh */")
+    failing = text("SELECT 1 / %(zero)s::int")
+    async with db.transaction(write=True) as conn:
+        with pytest.raises(Exception, match="division by zero"):
+            await sql.batch(conn, [(failing, {"zero": 0}), (marker, {"n": 1})])
+    async with db.transaction(write=True) as conn:
+        assert [row.n for row in await sql.fetch(conn, marker, {"n": 7})] == [7]
+        assert len(await prepared(conn, "prepared afresh")) == 1
+
+
+async def test_a_connection_prepares_at_most_so_many_statements(
+    db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sql, "MOST_PREPARED", 3)
+    async with db.transaction(write=True) as conn:
+        already = len(await prepared(conn, ""))
+        for i in range(6):
+            numbered = text(f"SELECT %(n)s::int AS n /* statement {i} */")
+            assert [row.n for row in await sql.fetch(conn, numbered, {"n": i})] == [i]
+        assert len(await prepared(conn, "")) == max(already, 3)
