@@ -249,6 +249,9 @@ class RunAgain(Exception):
     """The transaction lost a race that the database refereed; running it again,
     from the start, decides it (`retrying` does)."""
 
+    # Run again without the backoff's pause: the next attempt goes another way.
+    at_once = False
+
 
 def is_transient(error: BaseException) -> bool:
     """Whether running the transaction again may succeed."""
@@ -329,7 +332,7 @@ async def retrying(
         except Exception as error:
             if not is_transient(error):
                 raise
-            delay = backoff(attempt)
+            delay = 0.0 if isinstance(error, RunAgain) and error.at_once else backoff(attempt)
             if time.monotonic() + delay >= deadline:
                 log.warning("giving up on %s", what, extra={"error": repr(error)[:300]})
                 raise Unavailable(f"{what} is unavailable", reason="DATABASE_UNAVAILABLE",

@@ -33,6 +33,7 @@ from typing import Any
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.rpc import status_pb2
+from psycopg.errors import InvalidTextRepresentation
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -46,6 +47,15 @@ from services.shared.schema import SharedTables
 
 _TRY_LOCK = sql.raw("SELECT pg_try_advisory_xact_lock(%(lock)s)")
 _WAIT_FOR_LOCK = sql.raw("SELECT pg_advisory_xact_lock(%(lock)s)")
+# A claim sent ahead of a unit of work's next statements (`claim_ahead`) fails, and
+# so aborts them, unless the key is free; what its failure says.
+KEY_NOT_FREE = "crm key not free"
+# (A failing arm must depend on what the statement read: a constant one would be
+# cast, and fail, as the statement is planned.)
+_LOCK_OR_FAIL = sql.raw(
+    "SELECT CASE WHEN taken THEN 0 ELSE "
+    f"('{KEY_NOT_FREE}: its lock is held (taken: ' || taken || ')')::int END "
+    "FROM (SELECT pg_try_advisory_xact_lock(%(lock)s) AS taken) AS attempt")
 MAX_KEY_LENGTH = 255
 DONE, PENDING = "done", "pending"
 # Outcomes a process keeps in memory to answer replays without the database.
@@ -202,6 +212,15 @@ class IdempotencyStore:
                 "fingerprint", "state", "code", "response", "resource_id", "created_at",
                 "expires_at")},
         )
+        # Fails unless the key has no row but an expired outcome (run after its lock
+        # is taken, in a statement of its own: its snapshot then sees the commit of
+        # whoever held the lock before).
+        self._free_or_fail = sql.raw(
+            f"SELECT CASE WHEN held = 0 THEN 0 ELSE ('{KEY_NOT_FREE}: ' || held || "
+            "' row holds an outcome or a call under way')::int END FROM (SELECT count(*) "
+            f"AS held FROM {self.keys.name} WHERE org = %(org)s AND principal = "
+            "%(principal)s AND method = %(method)s AND key = %(key)s AND NOT "
+            "(state = %(done)s AND expires_at <= %(now)s)) AS found")
         self._forget = delete(self.keys).where(
             k.org == bindparam("org"), k.principal == bindparam("principal"),
             k.method == bindparam("method"), k.key == bindparam("key"))
@@ -236,6 +255,18 @@ class IdempotencyStore:
         if not locked and not isinstance(found, Outcome):
             raise KeyInUse()
         return found
+
+    def claim_ahead(self, caller: Caller, key: Key
+                    ) -> list[tuple[sql.Statement, sql.Params]]:
+        """PostgreSQL: the key's claim as statements to send ahead of the unit of work's
+        next ones, in the same round trip, for a call that expects the key to be new.
+        They take the key's lock, then fail unless the key is free: a failure
+        (`claim_failed`) aborts what rode with them, and the call runs again claiming
+        at once (`claim`), which tells a replay, a call under way and a reused key apart.
+        """
+        scope = _scope(caller, key)
+        return [(_LOCK_OR_FAIL, {"lock": lock_of(caller, key)}),
+                (self._free_or_fail, {**scope, "done": DONE, "now": utcnow()})]
 
     async def peek(self, conn: AsyncConnection, caller: Caller, key: Key
                    ) -> Outcome | Pending | None:
@@ -335,6 +366,11 @@ class IdempotencyStore:
         )
         return [(Caller(row.principal, org=row.org), Key(row.method, row.key, row.fingerprint),
                  row.resource_id or "") for row in rows]
+
+
+def claim_failed(error: BaseException) -> bool:
+    """Whether a database error is a claim ahead's refusal (the key was not free)."""
+    return isinstance(error, InvalidTextRepresentation) and KEY_NOT_FREE in str(error)
 
 
 def lock_of(caller: Caller, key: Key) -> int:

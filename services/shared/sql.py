@@ -102,6 +102,8 @@ class _Scope:
     # Statements to send once, before the setting (a group commit's SAVEPOINT).
     preamble: Sequence[tuple[Statement, Params]] = ()
     pending: bool = field(default=True)
+    # Statements to send ahead of the next ones, after the setting (`ahead`).
+    riders: list[tuple[Statement, Params]] = field(default_factory=list)
 
 
 _scopes: weakref.WeakKeyDictionary[AsyncConnection, _Scope] = weakref.WeakKeyDictionary()
@@ -146,6 +148,14 @@ def scope(conn: AsyncConnection, org: str, *, every_statement: bool,
     _scopes[conn] = _Scope(org, every_statement, tuple(preamble))
 
 
+def ahead(conn: AsyncConnection, statements: Sequence[tuple[Statement, Params]]) -> None:
+    """PostgreSQL: send `statements` ahead of the next ones sent on `conn` (checked out
+    and scoped for one unit of work), in the same round trip, their rows unseen. They
+    go with the unit of work's scope: a unit of work that never sends again never
+    sends them. One that fails fails the round trip it rode in."""
+    _scopes[conn].riders.extend(statements)
+
+
 def scope_sent(conn: AsyncConnection) -> bool:
     """Whether the scope (and its preamble) named last for `conn` has gone out."""
     found = _scopes.get(conn)
@@ -154,17 +164,20 @@ def scope_sent(conn: AsyncConnection) -> bool:
 
 def _scoping(conn: AsyncConnection) -> list[tuple[Statement, Params]]:
     """What to send before the next statement on `conn`: its BEGIN, its preamble,
-    then the set_config, if it needs them."""
+    the set_config and the riders (`ahead`), if it needs them."""
     begin: list[tuple[Statement, Params]] = []
     if _unbegun and _take_begin(driver(conn)):  # reads never look their connection up
         begin.append((BEGIN, {}))
     found = _scopes.get(conn)
-    if found is None or not found.pending:
+    if found is None:
         return begin
+    riders, found.riders = found.riders, []
+    if not found.pending:
+        return [*begin, *riders]
     if not found.every_statement:
         found.pending = False
     preamble, found.preamble = found.preamble, ()
-    return [*begin, *preamble, (SET_SCOPE, {"crm_org": found.org})]
+    return [*begin, *preamble, (SET_SCOPE, {"crm_org": found.org}), *riders]
 
 
 def raw(sql_text: str) -> Executable:

@@ -19,6 +19,14 @@ takes `Units`, which makes one for each. Leaving the `async with` without
 replay this process remembers touches no database (and, on SQLite, waits for
 no writer).
 
+On PostgreSQL a key's claim costs no round trip of its own: the first attempt
+of a call (`Units.attempt`) expects its key new and sends the claim (the key's
+lock, then a check that the key holds nothing) ahead of the unit of work's next
+statements, in their round trip (`KeyStep.claim`). Were the key not free, the
+check fails, which aborts what rode with it, and the call runs again at once,
+claiming before anything else as on SQLite: a replay the process does not
+remember, a key in use or reused, costs two round trips more.
+
 Writes go through `write()`. On PostgreSQL they go out with the commit, in one
 round trip with the event log's append, the stored outcome and COMMIT, so read
 what you need before you write; on SQLite they run at once. Either way a
@@ -46,6 +54,7 @@ from datetime import datetime
 from typing import Any, Generic, Self, TypeVar
 
 from google.protobuf.message import Message
+from psycopg.errors import InvalidTextRepresentation
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.shared import errors, group_commit, metrics, orgs, sql
@@ -60,6 +69,7 @@ from services.shared.idempotency import (
     Outcome,
     Pending,
     Stored,
+    claim_failed,
     lock_of,
 )
 
@@ -95,6 +105,12 @@ class ConcurrentChange(errors.Aborted):
     reason = "CONCURRENT_CHANGE"
 
 
+class ClaimAtOnce(RunAgain):
+    """A claim sent ahead found its key not free: the call runs again at once."""
+
+    at_once = True
+
+
 class KeyStep:
     """The idempotency key, as a step of one unit of work (`uow.keys`)."""
 
@@ -103,6 +119,9 @@ class KeyStep:
         self._store = uow.storage.keys
         # The key this unit of work holds, and the outcome to store with its commit.
         self.claimed: Key | None = None
+        # PostgreSQL: claim a key by sending its claim ahead of the next statements,
+        # expecting it new (see `claim`); set by `Units.attempt` for a first attempt.
+        self.ahead = False
         self._outcome: Outcome | Pending | None = None
 
     async def claim(self, key: Key) -> Stored | None:
@@ -119,6 +138,13 @@ class KeyStep:
         conn = await self._uow.connection()
         if not self._uow._take_key(key):
             raise KeyInUse()  # an earlier call of its group holds it, uncommitted
+        if self.ahead and self._uow.postgres:
+            # A new key, most likely: its claim rides with the next statements, a
+            # round trip saved. Were it not free, they fail, and the call runs
+            # again claiming at once (`Units.attempt`).
+            sql.ahead(conn, self._store.claim_ahead(caller, key))
+            self.claimed = key
+            return None
         found = await self._store.claim(conn, caller, key)
         if isinstance(found, Pending):
             raise KeyInUse()
@@ -394,8 +420,26 @@ class Units(Generic[U]):
     async def attempt(self, step: Callable[[U], Awaitable[T]], *,
                       time_remaining: float | None) -> T:
         """Run `step` in a fresh unit of work, again on transient failures (a
-        serialization conflict, a dropped connection, a lost race), within the time."""
-        return await retrying(lambda: step(self()), time_remaining=time_remaining)
+        serialization conflict, a dropped connection, a lost race), within the time.
+
+        The first attempt claims its key ahead (`KeyStep.claim`); if the key was not
+        free, the attempt is undone and the next claims at once, without a pause.
+        """
+        ahead = True
+
+        async def once() -> T:
+            nonlocal ahead
+            uow = self()
+            uow.keys.ahead = ahead
+            try:
+                return await step(uow)
+            except InvalidTextRepresentation as error:
+                if not (uow.keys.ahead and claim_failed(error)):
+                    raise
+                ahead = False
+                raise ClaimAtOnce("the key was not free: claim it at once") from error
+
+        return await retrying(once, time_remaining=time_remaining)
 
     async def refused(self, caller: Caller, key: Key, refusal: errors.DomainError, *,
                       time_remaining: float | None) -> Stored:
