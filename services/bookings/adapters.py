@@ -31,6 +31,7 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    and_,
     bindparam,
     insert,
     select,
@@ -112,15 +113,20 @@ INSERT_APPOINTMENT = insert(appointments)
 SELECT_APPOINTMENT = select(appointments).where(_a.appointment_id == bindparam("appointment_id"),
                                                 _a.org == bindparam("org"))
 SELECT_APPOINTMENT_FOR_UPDATE = SELECT_APPOINTMENT.with_for_update()
+# The agent's confirmed appointments overlapping the slot of the appointment named,
+# read after it is locked (in the same round trip on PostgreSQL).
+_target = appointments.alias("target")
 SELECT_CONFIRMED_OVERLAPPING = (
     select(appointments)
+    .join(_target, and_(_target.c.appointment_id == bindparam("appointment_id"),
+                        _target.c.org == bindparam("org")))
     .where(
         _a.org == bindparam("org"),
-        _a.agent_id == bindparam("agent_id"),
+        _a.agent_id == _target.c.agent_id,
         _a.status == bindparam("confirmed"),
-        _a.start_time < bindparam("end_time"),
-        _a.end_time > bindparam("start_time"),
-        _a.appointment_id != bindparam("appointment_id"),
+        _a.start_time < _target.c.end_time,
+        _a.end_time > _target.c.start_time,
+        _a.appointment_id != _target.c.appointment_id,
     )
     .order_by(_a.start_time, _a.appointment_id)
     .limit(bindparam("limit"))
@@ -187,14 +193,22 @@ class SqlAppointmentRepository:
         found = self.seen[appointment_id] = _appointment(rows[0])
         return found
 
-    async def confirmed_overlapping(self, appointment: Appointment) -> list[Appointment]:
-        """The agent's confirmed appointments that overlap this one's slot, earliest first."""
-        rows = await self.uow.read(SELECT_CONFIRMED_OVERLAPPING, {
-            "agent_id": appointment.agent_id, "start_time": appointment.start_time,
-            "end_time": appointment.end_time, "appointment_id": appointment.appointment_id,
-            "confirmed": AppointmentStatus.CONFIRMED.value, "limit": 10, "org": self.uow.org,
-        })
-        return [_appointment(row) for row in rows]
+    async def get_to_confirm(self, appointment_id: str
+                             ) -> tuple[Appointment, list[Appointment]]:
+        """The appointment, locked for update, and the agent's confirmed appointments
+        that overlap its slot, earliest first: what a confirm decides on. On
+        PostgreSQL both reads go out in one round trip, the second after the lock."""
+        key = {"appointment_id": appointment_id, "org": self.uow.org}
+        query = SELECT_APPOINTMENT_FOR_UPDATE if self.uow.postgres else SELECT_APPOINTMENT
+        found, overlapping = await self.uow.read_many([
+            (query, key),
+            (SELECT_CONFIRMED_OVERLAPPING, {
+                **key, "confirmed": AppointmentStatus.CONFIRMED.value, "limit": 10}),
+        ])
+        if not found:
+            raise AppointmentNotFound(appointment_id)
+        appointment = self.seen[appointment_id] = _appointment(found[0])
+        return appointment, [_appointment(row) for row in overlapping]
 
     async def save(self, appointment: Appointment, change: AppointmentChange) -> None:
         """Store a change of status and its audit record. The appointment was read

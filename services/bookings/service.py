@@ -34,7 +34,8 @@ ANSWER_MARGIN = 0.1
 class AppointmentRepository(Protocol):
     async def add(self, appointment: Appointment) -> None: ...
     async def get(self, appointment_id: str, *, for_update: bool = False) -> Appointment: ...
-    async def confirmed_overlapping(self, appointment: Appointment) -> list[Appointment]: ...
+    async def get_to_confirm(self, appointment_id: str
+                             ) -> tuple[Appointment, list[Appointment]]: ...
     async def save(self, appointment: Appointment, change: AppointmentChange) -> None: ...
     async def find(self, where: Filter, after: tuple[datetime, str] | None,
                    limit: int) -> list[Appointment]: ...
@@ -169,8 +170,7 @@ async def confirm(cmd: ChangeStatus, uow: BookingsUnitOfWork) -> Appointment | S
     async with uow.for_caller(cmd.caller):
         if (stored := await uow.keys.claim(cmd.key)) is not None:
             return stored
-        appointment = await uow.appointments.get(check_id(cmd.appointment_id), for_update=True)
-        booked = await uow.appointments.confirmed_overlapping(appointment)
+        appointment, booked = await uow.appointments.get_to_confirm(check_id(cmd.appointment_id))
         change = appointment.confirm(actor=cmd.caller.principal, now=utcnow(),
                                      idempotency_key=cmd.key.value, booked=booked)
         await uow.appointments.save(appointment, change)

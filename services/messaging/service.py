@@ -119,6 +119,7 @@ class TemplateRepository(Protocol):
 class KeySteps(Protocol):
     async def claim(self, key: Key) -> Stored | None: ...
     async def take(self, key: Key, *, wait: bool) -> Outcome | Pending | None: ...
+    async def hold(self, key: Key) -> None: ...
     async def peek(self, key: Key) -> Outcome | Pending | None: ...
     async def abandoned(self, *, lease_ended_before: datetime
                         ) -> list[tuple[Caller, Key, str]]: ...
@@ -373,7 +374,7 @@ async def _take_over(cmd: SendSms, lease_until: datetime, uow: Uow
 async def _record_acceptance(cmd: SendSms, message_id: str, receipt: Receipt, uow: Uow
                              ) -> Message:
     async with uow.for_caller(cmd.caller):
-        await uow.keys.take(cmd.key, wait=True)
+        await uow.keys.hold(cmd.key)
         message = await uow.messages.get(message_id, for_update=True)
         message.accepted(receipt.provider_message_id, receipt.status, utcnow())
         await uow.messages.save(message)
@@ -384,7 +385,7 @@ async def _record_acceptance(cmd: SendSms, message_id: str, receipt: Receipt, uo
 async def _record_rejection(cmd: SendSms, message_id: str, refused: ProviderRejected, uow: Uow
                             ) -> Stored:
     async with uow.for_caller(cmd.caller):
-        await uow.keys.take(cmd.key, wait=True)
+        await uow.keys.hold(cmd.key)
         now = utcnow()
         message = await uow.messages.get(message_id, for_update=True)
         message.rejected(refused.code, refused.message, now)

@@ -268,6 +268,10 @@ class IdempotencyStore:
         return [(_LOCK_OR_FAIL, {"lock": lock_of(caller, key)}),
                 (self._free_or_fail, {**scope, "done": DONE, "now": utcnow()})]
 
+    def waiting_lock(self, caller: Caller, key: Key) -> tuple[sql.Statement, sql.Params]:
+        """PostgreSQL: the statement that takes the key's lock, waiting for it."""
+        return _WAIT_FOR_LOCK, {"lock": lock_of(caller, key)}
+
     async def peek(self, conn: AsyncConnection, caller: Caller, key: Key
                    ) -> Outcome | Pending | None:
         """What the key holds, read without taking it."""

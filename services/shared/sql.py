@@ -341,6 +341,19 @@ async def fetch(conn: AsyncConnection, statement: Statement, params: Params) -> 
     return await _fetch_sql(conn, postgres_sql(statement, params), params)
 
 
+async def fetch_many(conn: AsyncConnection, statements: Sequence[tuple[Statement, Params]]
+                     ) -> list[list[Any]]:
+    """`fetch` of several prebuilt statements, run in order; on PostgreSQL in one
+    round trip (in the connection's scope), each statement with its own snapshot."""
+    if conn.dialect.name != "postgresql":
+        return [list(await conn.execute(statement, params)) for statement, params in statements]
+    scoping = [(postgres_sql(statement, values), values) for statement, values in _scoping(conn)]
+    found = await _at_once(driver(conn), [*scoping, *((postgres_sql(statement, params), params)
+                                                     for statement, params in statements)],
+                           namedtuple_row)
+    return found[len(scoping):]
+
+
 async def rows(conn: AsyncConnection, statement: Statement) -> list[Any]:
     """Rows of a statement built for one call (its values bound in it), with
     attribute access by column name; on PostgreSQL in the connection's scope."""

@@ -171,6 +171,17 @@ class KeyStep:
         self.claimed = key
         return found
 
+    async def hold(self, key: Key) -> None:
+        """Take the key to finish what this call started under it, waiting while
+        another call holds it for a moment, without reading what it holds (`take`
+        does). On PostgreSQL its lock rides with the unit of work's next statements."""
+        conn = await self._uow.connection()
+        if not self._uow._take_key(key):
+            raise RunAgain("the key is held by a call committing with this one")
+        if self._uow.postgres:
+            sql.ahead(conn, [self._store.waiting_lock(self._uow.caller, key)])
+        self.claimed = key
+
     async def abandoned(self, *, lease_ended_before: datetime, limit: int = 100
                         ) -> list[tuple[Caller, Key, str]]:
         """Every caller's pending keys whose lease ended before then: (caller, key,
@@ -329,6 +340,12 @@ class UnitOfWork:
     async def read(self, statement: sql.Statement, params: sql.Params) -> list[Any]:
         """The rows of one prebuilt statement, with attribute access by column name."""
         return await sql.fetch(await self.connection(), statement, params)
+
+    async def read_many(self, statements: list[tuple[sql.Statement, sql.Params]]
+                        ) -> list[list[Any]]:
+        """The rows of each of several prebuilt statements, run in order (on
+        PostgreSQL in one round trip), with attribute access by column name."""
+        return await sql.fetch_many(await self.connection(), statements)
 
     async def execute(self, statement: sql.Statement) -> list[Any]:
         """The rows of a statement built for this call, with attribute access by column name."""

@@ -85,6 +85,9 @@ class FakeKeys:
         self.claimed = key
         return found
 
+    async def hold(self, key: Key) -> None:
+        self.claimed = key
+
     async def peek(self, key: Key) -> Outcome | Pending | None:
         return self._found(key)
 

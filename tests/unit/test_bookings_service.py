@@ -37,10 +37,13 @@ class FakeAppointments(FakeRows[Appointment], service.AppointmentRepository):
         super().__init__(uow, "appointments", lambda a: a.appointment_id, AppointmentNotFound)
         self.trails = uow.db.table("changes")
 
-    async def confirmed_overlapping(self, appointment: Appointment) -> list[Appointment]:
-        return [copy.deepcopy(a) for a in self.rows.values()
-                if a.status is S.CONFIRMED and a.appointment_id != appointment.appointment_id
-                and a.overlaps(appointment)]
+    async def get_to_confirm(self, appointment_id: str
+                             ) -> tuple[Appointment, list[Appointment]]:
+        appointment = await self.get(appointment_id, for_update=True)
+        return appointment, [copy.deepcopy(a) for a in self.rows.values()
+                             if a.status is S.CONFIRMED
+                             and a.appointment_id != appointment.appointment_id
+                             and a.overlaps(appointment)]
 
     async def save(self, appointment: Appointment, change: AppointmentChange) -> None:
         row = copy.deepcopy(appointment)

@@ -135,11 +135,13 @@ class BlindRepository(SqlAppointmentRepository):
 
     blind_looks: ClassVar[int] = 0
 
-    async def confirmed_overlapping(self, appointment: Appointment) -> list[Appointment]:
+    async def get_to_confirm(self, appointment_id: str
+                             ) -> tuple[Appointment, list[Appointment]]:
+        appointment, overlapping = await super().get_to_confirm(appointment_id)
         if BlindRepository.blind_looks > 0:
             BlindRepository.blind_looks -= 1
-            return []
-        return await super().confirmed_overlapping(appointment)
+            return appointment, []
+        return appointment, overlapping
 
 
 class BlindUnitOfWork(SqlBookingsUnitOfWork):
