@@ -5,7 +5,10 @@ Each step runs in one unit of work, visible here. A text out is several
 (`send_sms`): one text per idempotency key, toward the provider too, whatever
 fails when.
 
-1. Replay. A stored outcome for the key is answered again.
+1. Replay. A stored outcome for the key is answered again. (A new key is the
+   common case: the body is checked and the lead looked up first, and the key
+   claimed with the intent; only if that refuses or fails is the key read on its
+   own, so a replay never depends on the lead or its service.)
 2. Intent. The message is recorded, with the key marked *pending* (leased
    until the caller's deadline plus a margin), and committed before the
    provider hears of it. A duplicate arriving now is IDEMPOTENCY_KEY_IN_USE.
@@ -118,6 +121,7 @@ class TemplateRepository(Protocol):
 
 class KeySteps(Protocol):
     async def claim(self, key: Key) -> Stored | None: ...
+    async def claim_or_pending(self, key: Key) -> Stored | Pending | None: ...
     async def take(self, key: Key, *, wait: bool) -> Outcome | Pending | None: ...
     async def hold(self, key: Key) -> None: ...
     async def peek(self, key: Key) -> Outcome | Pending | None: ...
@@ -305,27 +309,47 @@ async def send_sms(cmd: SendSms, units: UnitsOfWork, sender: SmsSender, leads: L
 async def _begin(cmd: SendSms, units: UnitsOfWork, sender: SmsSender, leads: Leads,
                  budget: _Budget) -> tuple[Message, bool] | Stored:
     """The message to hand over, and whether the provider may have it already: a
-    new one recorded as intended, or one an ended call left unfinished."""
-    found = await units.attempt(partial(_peek, cmd), time_remaining=budget.left())
-    if isinstance(found, Outcome):
-        return Stored(found)
-    if found is None:
-        cost = check_body(cmd.body, sender.sms.max_segments)
-        lead = await leads.get(cmd.lead_id, deadline_seconds=budget.left())
-        intent = Message.outbound(
-            message_id=_new_id(), lead_id=lead.lead_id, to=lead.phone,
-            from_=sender.sms.numbers.sender_for(
-                cmd.caller.org, the_one_number=sender.provider.from_number,
-                required=sender.provider.name != "console"),
-            body=cmd.body, cost=cost,
-            provider=sender.provider.name, actor=cmd.caller.principal, now=utcnow(),
-        )
-        return await units.attempt(partial(_record_intent, cmd, intent, budget.lease_until),
-                                   time_remaining=budget.left())
+    new one recorded as intended, or one an ended call left unfinished.
+
+    A new key is the common case, so the body is checked, the lead looked up and
+    the intent recorded with the key's claim. The key is read on its own only if
+    that refuses or fails: a replay never depends on the lead (gone since, or its
+    service down) or on a check made since."""
+    try:
+        intent = await _intent(cmd, sender, leads, budget)
+    except Exception as refused:
+        try:
+            found = await units.attempt(partial(_peek, cmd), time_remaining=budget.left())
+        except Exception:
+            raise refused from None
+        if isinstance(found, Outcome):
+            return Stored(found)
+        if found is None:
+            raise
+    else:
+        recorded = await units.attempt(partial(_record_intent, cmd, intent, budget.lease_until),
+                                       time_remaining=budget.left())
+        if not isinstance(recorded, Pending):
+            return recorded
+        found = recorded
     if not found.expired(utcnow()):
         raise KeyInUse()
     return await units.attempt(partial(_take_over, cmd, budget.lease_until),
                                time_remaining=budget.left())
+
+
+async def _intent(cmd: SendSms, sender: SmsSender, leads: Leads, budget: _Budget) -> Message:
+    """The message a new call means to send: its body checked, its lead's number."""
+    cost = check_body(cmd.body, sender.sms.max_segments)
+    lead = await leads.get(cmd.lead_id, deadline_seconds=budget.left())
+    return Message.outbound(
+        message_id=_new_id(), lead_id=lead.lead_id, to=lead.phone,
+        from_=sender.sms.numbers.sender_for(
+            cmd.caller.org, the_one_number=sender.provider.from_number,
+            required=sender.provider.name != "console"),
+        body=cmd.body, cost=cost,
+        provider=sender.provider.name, actor=cmd.caller.principal, now=utcnow(),
+    )
 
 
 async def _peek(cmd: SendSms, uow: Uow) -> Outcome | Pending | None:
@@ -334,11 +358,12 @@ async def _peek(cmd: SendSms, uow: Uow) -> Outcome | Pending | None:
 
 
 async def _record_intent(cmd: SendSms, intent: Message, lease_until: datetime, uow: Uow
-                         ) -> tuple[Message, bool] | Stored:
-    """Record the message before the provider hears of it, its key pending."""
+                         ) -> tuple[Message, bool] | Stored | Pending:
+    """Record the message before the provider hears of it, its key pending; what
+    the key holds instead, if it is not new."""
     async with uow.for_caller(cmd.caller):
-        if (stored := await uow.keys.claim(cmd.key)) is not None:
-            return stored
+        if (found := await uow.keys.claim_or_pending(cmd.key)) is not None:
+            return found
         recipient = await uow.recipients.get(intent.to, now=intent.created_at)
         if recipient.opted_out:
             raise RecipientOptedOut(intent.to, intent.lead_id)

@@ -131,6 +131,15 @@ class KeyStep:
         whose call is still under way (another's, or pending) is KeyInUse; one
         used with another request is KeyReused.
         """
+        found = await self.claim_or_pending(key)
+        if isinstance(found, Pending):
+            raise KeyInUse()
+        return found
+
+    async def claim_or_pending(self, key: Key) -> Stored | Pending | None:
+        """`claim`, but a key pending for a call that ended (or is under way, its
+        transaction committed) is returned rather than refused: for a use case that
+        may take such a call over."""
         caller = self._uow.caller
         remembered = self._store.recall(caller, key)
         if remembered is not None:
@@ -147,7 +156,7 @@ class KeyStep:
             return None
         found = await self._store.claim(conn, caller, key)
         if isinstance(found, Pending):
-            raise KeyInUse()
+            return found
         if found is not None:
             return Stored(found)
         self.claimed = key

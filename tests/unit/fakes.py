@@ -74,6 +74,15 @@ class FakeKeys:
             self.claimed = key
         return stored
 
+    async def claim_or_pending(self, key: Key) -> Stored | Pending | None:
+        found = self._found(key)
+        if isinstance(found, Pending):
+            return found
+        if found is None:
+            self.claimed = key
+            return None
+        return Stored(found)
+
     async def stored(self, key: Key) -> Stored | None:
         found = self._found(key)
         if isinstance(found, Pending):

@@ -31,7 +31,7 @@ from services.messaging.sending import ProviderDown, SmsSender
 from services.messaging.settings import SmsSettings
 from services.shared.auth import Caller
 from services.shared.idempotency import Key, Pending, Stored
-from services.shared.lead_lookup import LeadContact
+from services.shared.lead_lookup import LeadContact, LeadNotFound, LeadsUnavailable
 from tests.unit.fakes import FakeDatabase, FakeRows, FakeUnitOfWork, FakeUnits, guarded
 
 ALICE, TWILIO = Caller("alice"), Caller("gateway")
@@ -174,6 +174,41 @@ async def test_a_text_is_recorded_then_handed_over_and_its_outcome_stored_once(
     assert provider.sent == ["Hi"]
     # The intent, then the outcome: two transactions, both the caller's.
     assert units.db.committed()[-2:] == [(ALICE, False, True), (ALICE, False, True)]
+
+
+class LeadsGone(service.Leads):
+    """The lead deleted since, or the leads service down."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.asked = 0
+
+    async def get(self, lead_id: str, *, deadline_seconds: float | None) -> LeadContact:
+        self.asked += 1
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [LeadNotFound("lead-1"), LeadsUnavailable("leads is down")])
+async def test_a_replay_needs_neither_the_lead_nor_its_service(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender, provider: FakeProvider,
+    error: Exception,
+) -> None:
+    """A new key is the common case, so the lead is looked up before the key is read;
+    a lookup that fails reads the key, and a stored outcome is answered as ever."""
+    sent = await send(units, sender)
+    assert isinstance(sent, Message)
+    command = service.SendSms(lead_id=LEAD.lead_id, body="Hi", caller=ALICE,
+                              key=Key(SEND, "text-1", "Hi"))
+    leads = LeadsGone(error)
+    again = await service.send_sms(command, units, sender, leads, time_remaining=10.0)
+    assert isinstance(again, Stored) and again.replayed
+    assert leads.asked == 1 and provider.sent == ["Hi"]
+    # A new key with the lead gone gets the lookup's own refusal.
+    fresh = service.SendSms(lead_id=LEAD.lead_id, body="Hi", caller=ALICE,
+                            key=Key(SEND, "text-2", "Hi"))
+    with pytest.raises(type(error)):
+        await service.send_sms(fresh, units, sender, leads, time_remaining=10.0)
+    assert provider.sent == ["Hi"]
 
 
 async def test_a_refused_text_fails_its_message_and_stores_the_refusal(
