@@ -65,7 +65,7 @@ from services.messaging.templates import MAX_TEMPLATES, MessageTemplate, TooMany
 from services.shared import errors, paging, validation
 from services.shared.auth import Caller
 from services.shared.db import utcnow
-from services.shared.idempotency import Key, KeyInUse, Outcome, Pending, Stored
+from services.shared.idempotency import Key, KeyInUse, KeyReused, Outcome, Pending, Stored
 from services.shared.lead_lookup import LeadContact
 from services.shared.phones import to_e164
 
@@ -78,6 +78,9 @@ DEFAULT_DEADLINE = 30.0
 LEASE_MARGIN = 5.0
 # How long before the caller's deadline the handoff gives up, to answer in time.
 ANSWER_MARGIN = 1.0
+# Of the time left, what a new send's lead lookup leaves over (at most this much) to
+# read the key, should the lookup fail: a replay is still answered.
+KEY_READ_MARGIN = 0.5
 # How long after its lease ended an unfinished send is recovered by the sweep.
 ABANDON_AFTER = 300.0
 # The provider's error for a recipient who texted STOP to the provider itself.
@@ -120,6 +123,7 @@ class TemplateRepository(Protocol):
 
 
 class KeySteps(Protocol):
+    def remembered(self, key: Key) -> Stored | None: ...
     async def claim(self, key: Key) -> Stored | None: ...
     async def claim_or_pending(self, key: Key) -> Stored | Pending | None: ...
     async def take(self, key: Key, *, wait: bool) -> Outcome | Pending | None: ...
@@ -311,15 +315,24 @@ async def _begin(cmd: SendSms, units: UnitsOfWork, sender: SmsSender, leads: Lea
     """The message to hand over, and whether the provider may have it already: a
     new one recorded as intended, or one an ended call left unfinished.
 
-    A new key is the common case, so the body is checked, the lead looked up and
-    the intent recorded with the key's claim. The key is read on its own only if
-    that refuses or fails: a replay never depends on the lead (gone since, or its
-    service down) or on a check made since."""
+    A replay this process remembers is answered at once. Otherwise a new key is
+    the common case, so the body is checked, the lead looked up (leaving time over
+    to read the key) and the intent recorded with the key's claim; the key is read
+    on its own only if that refuses or fails. So a replay never depends on the lead
+    (gone since, or its service down) or on a check made since, and a key reused
+    for another request is refused as such."""
+    uow = units()
+    async with uow.for_caller(cmd.caller, read_only=True):  # takes no connection
+        remembered = uow.keys.remembered(cmd.key)
+    if remembered is not None:
+        return remembered
     try:
         intent = await _intent(cmd, sender, leads, budget)
     except Exception as refused:
         try:
             found = await units.attempt(partial(_peek, cmd), time_remaining=budget.left())
+        except KeyReused:
+            raise  # the key's own refusal comes first, as it would have
         except Exception:
             raise refused from None
         if isinstance(found, Outcome):
@@ -341,7 +354,10 @@ async def _begin(cmd: SendSms, units: UnitsOfWork, sender: SmsSender, leads: Lea
 async def _intent(cmd: SendSms, sender: SmsSender, leads: Leads, budget: _Budget) -> Message:
     """The message a new call means to send: its body checked, its lead's number."""
     cost = check_body(cmd.body, sender.sms.max_segments)
-    lead = await leads.get(cmd.lead_id, deadline_seconds=budget.left())
+    # Time is kept back to read the key should the lookup fail (a replay is answered).
+    left = budget.left()
+    lead = await leads.get(cmd.lead_id, deadline_seconds=max(0.001, left - min(
+        KEY_READ_MARGIN, left * 0.2)))
     return Message.outbound(
         message_id=_new_id(), lead_id=lead.lead_id, to=lead.phone,
         from_=sender.sms.numbers.sender_for(

@@ -255,7 +255,7 @@ class RunAgain(Exception):
 
 def is_transient(error: BaseException) -> bool:
     """Whether running the transaction again may succeed."""
-    if isinstance(error, RunAgain):
+    if isinstance(error, RunAgain | sql.Replanned):
         return True
     if isinstance(error, exc.TimeoutError | ConnectionError | OSError):
         return True

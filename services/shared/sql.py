@@ -37,8 +37,8 @@ On PostgreSQL every statement runs in one organization's scope (row-level
 security reads `crm.org`): `scope` names it for a checked-out connection, and
 the first statement sent on it then carries `set_config('crm.org', org, true)`
 in the same round trip, so scoping costs no round trip of its own. A transaction keeps the
-setting to its end; a read-only connection (autocommit: every statement its
-own transaction) carries it with every statement.
+setting to its end; a read-only connection (autocommit: each round trip's string
+runs as one implicit transaction) carries it with every round trip.
 
 A write may be guarded: it must change exactly so many rows (an UPDATE whose
 WHERE names the version it read). On PostgreSQL a guarded write goes out as a
@@ -51,7 +51,7 @@ from __future__ import annotations
 import itertools
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -97,7 +97,7 @@ COMMIT = text("COMMIT")
 @dataclass
 class _Scope:
     org: str
-    # Autocommit: every statement is its own transaction and must carry the setting.
+    # Autocommit: every round trip is its own transaction and must carry the setting.
     every_statement: bool
     # Statements to send once, before the setting (a group commit's SAVEPOINT).
     preamble: Sequence[tuple[Statement, Params]] = ()
@@ -162,22 +162,34 @@ def scope_sent(conn: AsyncConnection) -> bool:
     return found is not None and not found.pending
 
 
-def _scoping(conn: AsyncConnection) -> list[tuple[Statement, Params]]:
-    """What to send before the next statement on `conn`: its BEGIN, its preamble,
-    the set_config and the riders (`ahead`), if it needs them."""
-    begin: list[tuple[Statement, Params]] = []
-    if _unbegun and _take_begin(driver(conn)):  # reads never look their connection up
-        begin.append((BEGIN, {}))
+def _scoping(conn: AsyncConnection
+             ) -> tuple[list[tuple[Statement, Params]], Callable[[], None]]:
+    """What to send before the next statement on `conn` (its BEGIN, its preamble,
+    the set_config and the riders of `ahead`, if it needs them), and what marks
+    them sent. The mark is made once the round trip's string is built, just before
+    it goes: a string that could not be built (a value psycopg cannot quote) sends
+    nothing, and leaves them all for the next."""
+    driver_connection = driver(conn) if _unbegun else None  # reads never look it up
+    begin = driver_connection is not None and driver_connection in _unbegun
+    statements: list[tuple[Statement, Params]] = [(BEGIN, {})] if begin else []
     found = _scopes.get(conn)
-    if found is None:
-        return begin
-    riders, found.riders = found.riders, []
-    if not found.pending:
-        return [*begin, *riders]
-    if not found.every_statement:
-        found.pending = False
-    preamble, found.preamble = found.preamble, ()
-    return [*begin, *preamble, (SET_SCOPE, {"crm_org": found.org}), *riders]
+    riders = 0
+    if found is not None:
+        if found.pending:
+            statements += [*found.preamble, (SET_SCOPE, {"crm_org": found.org})]
+        riders = len(found.riders)
+        statements += found.riders
+
+    def sent() -> None:
+        if begin:
+            _take_begin(driver_connection)
+        if found is not None:
+            del found.riders[:riders]
+            if found.pending:
+                found.preamble = ()
+                found.pending = found.every_statement
+
+    return statements, sent
 
 
 def raw(sql_text: str) -> Executable:
@@ -232,45 +244,49 @@ async def batch(
     A guarded write that changes the wrong number of rows raises GuardFailed,
     and nothing after it runs: the transaction is aborted, never committed.
     """
-    scoping = _scoping(conn)
+    scoping, scoping_sent = _scoping(conn)
     sent = [*scoping, *statements]
     if commit:
         # A statement, not raw.commit(): psycopg skips its COMMIT when it believes
         # no transaction is open, and the BEGIN sent with it is news to psycopg.
         sent.append((COMMIT, {}))
     found = await _at_once(driver(conn), [(postgres_sql(statement, params), params)
-                                          for statement, params in sent], tuple_row)
+                                          for statement, params in sent], tuple_row,
+                           scoping_sent)
     if commit and conn.in_transaction():
         await conn.commit()  # SQLAlchemy's books, if it keeps any; nothing left to send
     return found[len(scoping):len(scoping) + len(statements)]
 
 
-async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_factory: Any
-                   ) -> list[list[Any]]:
-    """The rows of each of `statements`, sent as one query string in one round trip.
+async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_factory: Any,
+                   built: Callable[[], None] | None = None) -> list[list[Any]]:
+    """The rows of each of `statements`, sent as one query string in one round trip;
+    `built` is called once the string is built, before it is sent.
 
     See the module docstring. The statements run in order; the first that fails
     stops the rest (in a transaction it would abort them anyway).
     """
     cursor = psycopg.AsyncClientCursor(raw, row_factory=row_factory)
-    known = _prepared.get(raw)
-    if known is None:
-        known = _prepared[raw] = {}
+    state = _prepared.get(raw)
+    if state is None:
+        state = _prepared[raw] = _Prepared()
     parts: list[str] = []
     wanted: list[int] = []  # the index in the results of each statement's own result
     preparing: dict[str, str] = {}
     for sql_text, params in statements:
         plan = _plan(sql_text, params)
-        if plan is None:
-            parts.append(cursor.mogrify(sql_text, params) if params else sql_text)
+        name = None if plan is None else (state.names.get(sql_text) or preparing.get(sql_text))
+        if plan is not None and name is None and state.prepares < MOST_PREPARED:
+            name = preparing[sql_text] = f"crm_{next(_names)}"
+            state.prepares += 1
+            parts.append(f"PREPARE {name} AS {plan.body}")
+        if plan is not None and name is not None:
+            parts.append(cursor.mogrify(plan.execute.format(name=name), params))
         else:
-            name = known.get(sql_text) or preparing.get(sql_text)
-            if name is None and len(known) + len(preparing) < MOST_PREPARED:
-                name = preparing[sql_text] = f"crm_{next(_names)}"
-                parts.append(f"PREPARE {name} AS {plan.body}")
-            parts.append(cursor.mogrify(plan.execute.format(name=name), params) if name
-                         else cursor.mogrify(sql_text, params))
+            parts.append(cursor.mogrify(sql_text, params))  # turns %% into % as well
         wanted.append(len(parts) - 1)
+    if built is not None:
+        built()
     try:
         await cursor.execute(";\n".join(parts))
     except psycopg.errors.InvalidTextRepresentation as error:
@@ -278,15 +294,37 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
         if failed is None:
             raise
         raise failed from error
+    except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.FeatureNotSupported) as error:
+        if isinstance(error, psycopg.errors.FeatureNotSupported) and "cached plan" not in str(
+                error):
+            raise
+        # A statement this connection prepared is gone, or no longer fits its tables
+        # (a migration changed them under a running service): prepare afresh.
+        _prepared.pop(raw, None)
+        raise Replanned(str(error).splitlines()[0]) from error
     # Only now known to exist: a statement prepared by a string that failed may or
     # may not be, so it is prepared again under a new name when next needed.
-    known.update(preparing)
+    state.names.update(preparing)
     found: list[list[Any]] = []
     for index in range(len(parts)):
         if index in wanted:
             found.append(await cursor.fetchall() if cursor.description else [])
         cursor.nextset()
     return found
+
+
+class Replanned(Exception):
+    """A statement the connection had prepared could not run as prepared; it will
+    be prepared afresh, and the transaction may simply run again."""
+
+
+@dataclass
+class _Prepared:
+    """What one connection has prepared: names by SQL, and how many PREPAREs it has
+    sent in all (those of strings that failed may linger on the server)."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    prepares: int = 0
 
 
 @dataclass(frozen=True)
@@ -299,10 +337,10 @@ _PARAM = re.compile(r"%\((\w+)\)s|%%")
 _PREPARABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
 _SCALARS = (str, int, float, bool, bytes, datetime, Decimal, type(None))
 _plans: dict[str, _Plan | None] = {}
-# Per psycopg connection: the statements it has prepared, by their SQL, and their names.
-_prepared: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+# Per psycopg connection: what it has prepared.
+_prepared: weakref.WeakKeyDictionary[Any, _Prepared] = weakref.WeakKeyDictionary()
 _names = itertools.count()
-# The most statements one connection prepares; any more are sent as they are.
+# The most PREPAREs one connection sends; statements past them are sent as they are.
 MOST_PREPARED = 256
 
 
@@ -333,8 +371,8 @@ def _plan(sql_text: str, params: Params) -> _Plan | None:
 async def fetch(conn: AsyncConnection, statement: Statement, params: Params) -> list[Any]:
     """Rows of one prebuilt statement, with attribute access by column name.
 
-    PostgreSQL: on the psycopg connection directly (compiled once, prepared by
-    psycopg); SQLite: through SQLAlchemy.
+    PostgreSQL: on the psycopg connection directly (compiled once, prepared by the
+    connection, `_at_once`); SQLite: through SQLAlchemy.
     """
     if conn.dialect.name != "postgresql":
         return list(await conn.execute(statement, params))
@@ -347,10 +385,11 @@ async def fetch_many(conn: AsyncConnection, statements: Sequence[tuple[Statement
     round trip (in the connection's scope), each statement with its own snapshot."""
     if conn.dialect.name != "postgresql":
         return [list(await conn.execute(statement, params)) for statement, params in statements]
-    scoping = [(postgres_sql(statement, values), values) for statement, values in _scoping(conn)]
-    found = await _at_once(driver(conn), [*scoping, *((postgres_sql(statement, params), params)
-                                                     for statement, params in statements)],
-                           namedtuple_row)
+    scoping, scoping_sent = _scoping(conn)
+    found = await _at_once(driver(conn), [
+        *((postgres_sql(statement, values), values) for statement, values in scoping),
+        *((postgres_sql(statement, params), params) for statement, params in statements)],
+        namedtuple_row, scoping_sent)
     return found[len(scoping):]
 
 
@@ -365,6 +404,8 @@ async def rows(conn: AsyncConnection, statement: Statement) -> list[Any]:
 
 
 async def _fetch_sql(conn: AsyncConnection, sql_text: str, params: Params) -> list[Any]:
-    scoping = [(postgres_sql(statement, values), values) for statement, values in _scoping(conn)]
-    found = await _at_once(driver(conn), [*scoping, (sql_text, params)], namedtuple_row)
+    scoping, scoping_sent = _scoping(conn)
+    found = await _at_once(driver(conn), [
+        *((postgres_sql(statement, values), values) for statement, values in scoping),
+        (sql_text, params)], namedtuple_row, scoping_sent)
     return found[-1]

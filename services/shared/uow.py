@@ -136,6 +136,11 @@ class KeyStep:
             raise KeyInUse()
         return found
 
+    def remembered(self, key: Key) -> Stored | None:
+        """The outcome this process remembers for the key, if any: no database."""
+        found = self._store.recall(self._uow.caller, key)
+        return None if found is None else Stored(found)
+
     async def claim_or_pending(self, key: Key) -> Stored | Pending | None:
         """`claim`, but a key pending for a call that ended (or is under way, its
         transaction committed) is returned rather than refused: for a use case that

@@ -76,9 +76,9 @@ async def test_a_new_key_costs_no_round_trip_of_its_own(
     sent: list[int] = []
     at_once = sql._at_once
 
-    async def counted(raw: Any, statements: Any, row_factory: Any) -> Any:
+    async def counted(raw: Any, statements: Any, *rest: Any) -> Any:
         sent.append(len(statements))
-        return await at_once(raw, statements, row_factory)
+        return await at_once(raw, statements, *rest)
 
     await create_lead(leads)  # the statements' first use: prepared from now on
     monkeypatch.setattr(sql, "_at_once", counted)

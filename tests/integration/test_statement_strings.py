@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import text
 
 from services.shared import sql
-from services.shared.db import Database
+from services.shared.db import Database, is_transient
 
 ECHO = text("SELECT %(word)s::text AS word, %(at)s::timestamptz AS at, %(n)s::bigint AS n, "
             "%(blob)s::bytea AS blob, %(none)s::text AS none, %(word)s::text AS again")
@@ -109,3 +111,42 @@ async def test_a_connection_prepares_at_most_so_many_statements(
             numbered = text(f"SELECT %(n)s::int AS n /* statement {i} */")
             assert [row.n for row in await sql.fetch(conn, numbered, {"n": i})] == [i]
         assert len(await prepared(conn, "")) == max(already, 3)
+
+
+async def test_a_string_that_cannot_be_built_sends_nothing_and_loses_no_scope(
+    db: Database,
+) -> None:
+    """A value psycopg cannot quote fails before anything is sent: the pending BEGIN
+    and the org's scope go with the next round trip instead."""
+    async with db.transaction(write=True) as conn:
+        sql.scope(conn, "acme", every_statement=False)
+        with pytest.raises(psycopg.DataError):
+            await sql.fetch(conn, ECHO, echo_params("nul \x00 inside"))
+        assert sql.driver(conn).info.transaction_status == TransactionStatus.IDLE
+        rows = await sql.fetch(conn, text("SELECT current_setting('crm.org', true) AS org"), {})
+        assert [row.org for row in rows] == ["acme"]
+        assert sql.driver(conn).info.transaction_status == TransactionStatus.INTRANS
+
+
+async def test_a_statement_without_values_keeps_its_percent_signs_as_written(
+    db: Database,
+) -> None:
+    async with db.transaction(write=False) as conn:
+        rows = await sql.fetch(conn, text("SELECT '100%%' AS v, 'a%%%%b' AS w"), {})
+    assert [tuple(row) for row in rows] == [("100%", "a%%b")]
+
+
+async def test_a_prepared_statement_gone_from_the_server_is_prepared_afresh(
+    db: Database,
+) -> None:
+    """Should the server lose a statement the connection prepared (here DEALLOCATE
+    ALL; a migration changing a table's columns does the like), the round trip says
+    Replanned, a transient failure, and the next prepares it again."""
+    marker = text("SELECT %(n)s::int AS n /* gone from the server */")
+    async with db.transaction(write=False) as conn:
+        assert [row.n for row in await sql.fetch(conn, marker, {"n": 1})] == [1]
+        await sql.driver(conn).execute("DEALLOCATE ALL")
+        with pytest.raises(sql.Replanned) as replanned:
+            await sql.fetch(conn, marker, {"n": 2})
+        assert is_transient(replanned.value)
+        assert [row.n for row in await sql.fetch(conn, marker, {"n": 3})] == [3]

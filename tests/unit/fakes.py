@@ -74,6 +74,9 @@ class FakeKeys:
             self.claimed = key
         return stored
 
+    def remembered(self, key: Key) -> Stored | None:
+        return None  # as a process just started: replays are read from the database
+
     async def claim_or_pending(self, key: Key) -> Stored | Pending | None:
         found = self._found(key)
         if isinstance(found, Pending):

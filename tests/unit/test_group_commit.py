@@ -68,7 +68,7 @@ async def test_a_member_undone_gives_its_keys_back_and_leaves_its_rollback_to_se
     sql.scope(first.conn, "acme", every_statement=False,
               preamble=[(sql.raw("SAVEPOINT s0"), {})])
     assert first.take_key(7)
-    sql._scoping(first.conn)  # its first statement went out, with the savepoint
+    sql._scoping(first.conn)[1]()  # its first statement went out, with the savepoint
     first.hand_over()
     assert first.group is not None
     assert first.group.handed.is_set()

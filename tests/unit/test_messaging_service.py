@@ -30,7 +30,7 @@ from services.messaging.providers import (
 from services.messaging.sending import ProviderDown, SmsSender
 from services.messaging.settings import SmsSettings
 from services.shared.auth import Caller
-from services.shared.idempotency import Key, Pending, Stored
+from services.shared.idempotency import Key, KeyReused, Pending, Stored
 from services.shared.lead_lookup import LeadContact, LeadNotFound, LeadsUnavailable
 from tests.unit.fakes import FakeDatabase, FakeRows, FakeUnitOfWork, FakeUnits, guarded
 
@@ -209,6 +209,17 @@ async def test_a_replay_needs_neither_the_lead_nor_its_service(
     with pytest.raises(type(error)):
         await service.send_sms(fresh, units, sender, leads, time_remaining=10.0)
     assert provider.sent == ["Hi"]
+
+
+async def test_a_reused_key_is_refused_as_such_though_the_lookup_failed(
+    units: FakeUnits[FakeMessagingUnitOfWork], sender: SmsSender,
+) -> None:
+    await send(units, sender, body="Hi", key="text-1")
+    other = service.SendSms(lead_id=LEAD.lead_id, body="Hello", caller=ALICE,
+                            key=Key(SEND, "text-1", "Hello"))
+    with pytest.raises(KeyReused):
+        await service.send_sms(other, units, sender, LeadsGone(LeadsUnavailable("down")),
+                               time_remaining=10.0)
 
 
 async def test_a_refused_text_fails_its_message_and_stores_the_refusal(
