@@ -244,18 +244,27 @@ async def batch(
     A guarded write that changes the wrong number of rows raises GuardFailed,
     and nothing after it runs: the transaction is aborted, never committed.
     """
-    scoping, scoping_sent = _scoping(conn)
-    sent = [*scoping, *statements]
+    sent = list(statements)
     if commit:
         # A statement, not raw.commit(): psycopg skips its COMMIT when it believes
         # no transaction is open, and the BEGIN sent with it is news to psycopg.
         sent.append((COMMIT, {}))
-    found = await _at_once(driver(conn), [(postgres_sql(statement, params), params)
-                                          for statement, params in sent], tuple_row,
-                           scoping_sent)
+    found = await _in_scope(conn, [(postgres_sql(statement, params), params)
+                                   for statement, params in sent], tuple_row)
     if commit and conn.in_transaction():
         await conn.commit()  # SQLAlchemy's books, if it keeps any; nothing left to send
-    return found[len(scoping):len(scoping) + len(statements)]
+    return found[:len(statements)]
+
+
+async def _in_scope(conn: AsyncConnection, statements: Sequence[tuple[str, Params]],
+                    row_factory: Any) -> list[list[Any]]:
+    """The rows of each of `statements` (psycopg's SQL), sent in one round trip after
+    what the connection's scope still has to send (`_scoping`)."""
+    scoping, scoping_sent = _scoping(conn)
+    found = await _at_once(driver(conn), [
+        *((postgres_sql(statement, params), params) for statement, params in scoping),
+        *statements], row_factory, scoping_sent)
+    return found[len(scoping):]
 
 
 async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_factory: Any,
@@ -271,7 +280,7 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
     if state is None:
         state = _prepared[raw] = _Prepared()
     parts: list[str] = []
-    wanted: list[int] = []  # the index in the results of each statement's own result
+    wanted: set[int] = set()  # the indexes in the results of the statements' own results
     preparing: dict[str, str] = {}
     for sql_text, params in statements:
         plan = _plan(sql_text, params)
@@ -284,7 +293,7 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
             parts.append(cursor.mogrify(plan.execute.format(name=name), params))
         else:
             parts.append(cursor.mogrify(sql_text, params))  # turns %% into % as well
-        wanted.append(len(parts) - 1)
+        wanted.add(len(parts) - 1)
     if built is not None:
         built()
     try:
@@ -385,12 +394,8 @@ async def fetch_many(conn: AsyncConnection, statements: Sequence[tuple[Statement
     round trip (in the connection's scope), each statement with its own snapshot."""
     if conn.dialect.name != "postgresql":
         return [list(await conn.execute(statement, params)) for statement, params in statements]
-    scoping, scoping_sent = _scoping(conn)
-    found = await _at_once(driver(conn), [
-        *((postgres_sql(statement, values), values) for statement, values in scoping),
-        *((postgres_sql(statement, params), params) for statement, params in statements)],
-        namedtuple_row, scoping_sent)
-    return found[len(scoping):]
+    return await _in_scope(conn, [(postgres_sql(statement, params), params)
+                                  for statement, params in statements], namedtuple_row)
 
 
 async def rows(conn: AsyncConnection, statement: Statement) -> list[Any]:
@@ -404,8 +409,5 @@ async def rows(conn: AsyncConnection, statement: Statement) -> list[Any]:
 
 
 async def _fetch_sql(conn: AsyncConnection, sql_text: str, params: Params) -> list[Any]:
-    scoping, scoping_sent = _scoping(conn)
-    found = await _at_once(driver(conn), [
-        *((postgres_sql(statement, values), values) for statement, values in scoping),
-        (sql_text, params)], namedtuple_row, scoping_sent)
-    return found[-1]
+    (found,) = await _in_scope(conn, [(sql_text, params)], namedtuple_row)
+    return found

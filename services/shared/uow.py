@@ -145,10 +145,9 @@ class KeyStep:
         """`claim`, but a key pending for a call that ended (or is under way, its
         transaction committed) is returned rather than refused: for a use case that
         may take such a call over."""
+        if (remembered := self.remembered(key)) is not None:
+            return remembered
         caller = self._uow.caller
-        remembered = self._store.recall(caller, key)
-        if remembered is not None:
-            return Stored(remembered)
         conn = await self._uow.connection()
         if not self._uow._take_key(key):
             raise KeyInUse()  # an earlier call of its group holds it, uncommitted
@@ -206,9 +205,8 @@ class KeyStep:
     async def stored(self, key: Key) -> Stored | None:
         """The outcome the key holds, read without taking it: for a use case that must
         know before it calls another service. KeyInUse while its call is under way."""
-        remembered = self._store.recall(self._uow.caller, key)
-        if remembered is not None:
-            return Stored(remembered)
+        if (remembered := self.remembered(key)) is not None:
+            return remembered
         found = await self.peek(key)
         if isinstance(found, Pending):
             raise KeyInUse()

@@ -14,6 +14,7 @@ from services.bookings.bootstrap import SPEC as BOOKINGS
 from services.leads.bootstrap import SPEC as LEADS
 from services.messaging.bootstrap import SPEC as MESSAGING
 from services.shared.clients import idempotency, new_key
+from services.shared.db import Database
 from services.shared.server import RunningService
 from tests.support.servers import environment, start_in_process
 
@@ -21,6 +22,15 @@ from tests.support.servers import environment, start_in_process
 @pytest.fixture
 def service_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     return environment(database_url, tmp_path)
+
+
+@pytest.fixture
+async def db(postgres_url: str) -> AsyncIterator[Database]:
+    """A Database on PostgreSQL with one pooled connection (and one overflow): each
+    checkout after the first takes the connection the last one gave back."""
+    found = Database(postgres_url, pool_size=1)
+    yield found
+    await found.dispose()
 
 
 @pytest.fixture

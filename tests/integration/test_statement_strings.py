@@ -4,7 +4,6 @@ connection on first use and run as EXECUTE after (services.shared.sql)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -18,14 +17,6 @@ from services.shared.db import Database, is_transient
 ECHO = text("SELECT %(word)s::text AS word, %(at)s::timestamptz AS at, %(n)s::bigint AS n, "
             "%(blob)s::bytea AS blob, %(none)s::text AS none, %(word)s::text AS again")
 PREPARED = text("SELECT name, statement FROM pg_prepared_statements")
-
-
-@pytest.fixture
-async def db(postgres_url: str) -> AsyncIterator[Database]:
-    # One pooled connection: every checkout takes the one the last gave back.
-    found = Database(postgres_url, pool_size=1)
-    yield found
-    await found.dispose()
 
 
 def echo_params(word: str) -> dict[str, object]:

@@ -4,9 +4,6 @@ connection (services.shared.sql, Database._connect)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from psycopg.pq import TransactionStatus
 from sqlalchemy import text
 
@@ -15,15 +12,6 @@ from services.shared.db import Database
 
 SETTING = text("SELECT set_config('crm.probe', 'inside', true)")
 READ_SETTING = text("SELECT current_setting('crm.probe', true) AS value")
-
-
-@pytest.fixture
-async def db(postgres_url: str) -> AsyncIterator[Database]:
-    # One pooled connection (and one overflow): each checkout after the first
-    # takes the connection the last one gave back.
-    found = Database(postgres_url, pool_size=1)
-    yield found
-    await found.dispose()
 
 
 async def test_a_first_statement_through_sqlalchemy_is_inside_the_transaction(
