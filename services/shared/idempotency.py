@@ -33,7 +33,6 @@ from typing import Any
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from psycopg.errors import InvalidTextRepresentation
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -50,12 +49,10 @@ _WAIT_FOR_LOCK = sql.raw("SELECT pg_advisory_xact_lock(%(lock)s)")
 # A claim sent ahead of a unit of work's next statements (`claim_ahead`) fails, and
 # so aborts them, unless the key is free; what its failure says.
 KEY_NOT_FREE = "crm key not free"
-# (A failing arm must depend on what the statement read: a constant one would be
-# cast, and fail, as the statement is planned.)
 _LOCK_OR_FAIL = sql.raw(
-    "SELECT CASE WHEN taken THEN 0 ELSE "
-    f"('{KEY_NOT_FREE}: its lock is held (taken: ' || taken || ')')::int END "
-    "FROM (SELECT pg_try_advisory_xact_lock(%(lock)s) AS taken) AS attempt")
+    "SELECT "
+    + sql.fail_unless("taken", KEY_NOT_FREE, "'its lock is held (taken: ' || taken || ')'")
+    + " FROM (SELECT pg_try_advisory_xact_lock(%(lock)s) AS taken) AS attempt")
 MAX_KEY_LENGTH = 255
 DONE, PENDING = "done", "pending"
 # Outcomes a process keeps in memory to answer replays without the database.
@@ -216,10 +213,10 @@ class IdempotencyStore:
         # is taken, in a statement of its own: its snapshot then sees the commit of
         # whoever held the lock before).
         self._free_or_fail = sql.raw(
-            f"SELECT CASE WHEN held = 0 THEN 0 ELSE ('{KEY_NOT_FREE}: ' || held || "
-            "' row holds an outcome or a call under way')::int END FROM (SELECT count(*) "
-            f"AS held FROM {self.keys.name} WHERE org = %(org)s AND principal = "
-            "%(principal)s AND method = %(method)s AND key = %(key)s AND NOT "
+            "SELECT " + sql.fail_unless(
+                "held = 0", KEY_NOT_FREE, "held || ' row holds an outcome or a call under way'")
+            + f" FROM (SELECT count(*) AS held FROM {self.keys.name} WHERE org = %(org)s AND "
+            "principal = %(principal)s AND method = %(method)s AND key = %(key)s AND NOT "
             "(state = %(done)s AND expires_at <= %(now)s)) AS found")
         self._forget = delete(self.keys).where(
             k.org == bindparam("org"), k.principal == bindparam("principal"),
@@ -374,7 +371,7 @@ class IdempotencyStore:
 
 def claim_failed(error: BaseException) -> bool:
     """Whether a database error is a claim ahead's refusal (the key was not free)."""
-    return isinstance(error, InvalidTextRepresentation) and KEY_NOT_FREE in str(error)
+    return sql.failed_for(error, KEY_NOT_FREE)
 
 
 def lock_of(caller: Caller, key: Key) -> int:

@@ -202,12 +202,12 @@ def postgres_sql(statement: Statement | Guarded, params: Params) -> str:
     set of parameter names (which decide the columns of an INSERT or UPDATE)."""
     if isinstance(statement, Guarded):
         # The count is checked in the database, so a wrong one aborts the
-        # transaction. The text cast fails only when the count is wrong, and
-        # names the counts; it depends on count(*), so it is not folded early.
+        # transaction; it depends on count(*), so it is not folded early.
+        rows = int(statement.rows)
         return (f"WITH guarded AS ({postgres_sql(statement.statement, params)} RETURNING 1) "
-                f"SELECT CASE WHEN count(*) = {int(statement.rows)} THEN 0 ELSE "
-                f"('{_GUARD}: {int(statement.rows)} rows expected, ' || count(*) "
-                f"|| ' changed')::int END FROM guarded")
+                "SELECT " + fail_unless(f"count(*) = {rows}", _GUARD,
+                                        f"'{rows} rows expected, ' || count(*) || ' changed'")
+                + " FROM guarded")
     if isinstance(statement, TextClause):
         return statement.text
     names = tuple(params)
@@ -222,9 +222,22 @@ def postgres_sql(statement: Statement | Guarded, params: Params) -> str:
     return found
 
 
+def fail_unless(condition: str, marker: str, detail: str) -> str:
+    """A SQL expression that is 0 when `condition` holds and otherwise fails the
+    statement, and so aborts its transaction, with an error naming `marker` and
+    `detail` (`failed_for` tells it apart). `detail` must depend on what the
+    statement read: a constant would be cast, and fail, as the statement is planned."""
+    return f"CASE WHEN {condition} THEN 0 ELSE ('{marker}: ' || {detail})::int END"
+
+
+def failed_for(error: BaseException, marker: str) -> bool:
+    """Whether a database error is a `fail_unless` of `marker` failing."""
+    return isinstance(error, psycopg.errors.InvalidTextRepresentation) and marker in str(error)
+
+
 def guard_failure(error: BaseException) -> GuardFailed | None:
     """The GuardFailed a database error stands for, if it is a guarded write's."""
-    if isinstance(error, psycopg.errors.InvalidTextRepresentation) and _GUARD in str(error):
+    if failed_for(error, _GUARD):
         return GuardFailed(str(error).splitlines()[0])
     return None
 
