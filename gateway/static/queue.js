@@ -1,7 +1,7 @@
 // Presses, sent in order, each exactly once, even across lost connections and reloads.
 //
 // A press gets its idempotency key the moment it is pressed and is written to
-// localStorage before anything is sent. It leaves the queue only when the server
+// IndexedDB before anything is sent. It leaves the queue only when the server
 // has answered it for good. Until then it is sent again (the `online` event, a
 // periodic retry, a timer) with the same key, so a request that did reach the
 // server before the connection dropped is answered from the server's stored
@@ -27,14 +27,22 @@
 // A press is only ever sent by the principal who made it: if someone else signs
 // in on this browser, it waits for its owner.
 //
-// Tabs of one browser share the queue. Web Locks make every read-modify-write of
-// it atomic and let one tab at a time send, so presses keep their order; the
-// answers go to every tab over a BroadcastChannel.
+// Tabs of one browser share the queue. Every read-modify-write of it is one
+// IndexedDB transaction, and a Web Lock lets one tab at a time send, so presses
+// keep their order. IndexedDB rather than localStorage because it is the same
+// store for every tab at once: a press the last sender took out of the queue is
+// gone for the next sender, while a tab's copy of localStorage learns of another
+// tab's write only a moment later (so two tabs woken by `online` could each send
+// it). Each tab keeps a copy of the queue in memory for drawing the screen; a
+// change is announced to the other tabs, and the answers go to every tab, over
+// BroadcastChannels.
 
 import { ApiError, NetworkError, currentSession, newKey, request } from "./api.js";
 
-const STORAGE_KEY = "closed-loop:presses:v1";
-const QUEUE_LOCK = "closed-loop:presses";
+const DATABASE = "closed-loop";
+const STORE = "presses";
+const RECORD = "queue"; // the whole queue is one record: a change to it is one put
+const OLD_STORAGE_KEY = "closed-loop:presses:v1"; // where earlier versions kept it
 const SEND_LOCK = "closed-loop:sending";
 const RETRY_EVERY_MS = 5000;
 const IN_USE_RETRY_MS = 300;
@@ -43,47 +51,94 @@ const MAX_BACKOFF_MS = 30000;
 const changeListeners = new Set();
 const outcomeListeners = new Set();
 const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel("closed-loop:outcomes") : null;
+const changes = typeof BroadcastChannel === "function" ? new BroadcastChannel("closed-loop:presses") : null;
 
-let memory = []; // where the queue lives if localStorage is unavailable
+let cache = []; // the queue as last read or written, for drawing the screen
+let database = null; // a promise of the IndexedDB connection, or of null without one
 let sending = null; // the id of the press this tab has on the wire
 let draining = false;
 let again = false;
 let timer = null;
 
-function read() {
-  try {
-    const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? "[]");
-    return Array.isArray(stored) ? stored : [];
-  } catch {
-    return memory;
-  }
+function connect() {
+  database ??= new Promise((resolve) => {
+    let opening;
+    try {
+      opening = indexedDB.open(DATABASE, 1);
+    } catch {
+      resolve(null); // no IndexedDB here: the queue lives in this tab's memory
+      return;
+    }
+    opening.onupgradeneeded = () => opening.result.createObjectStore(STORE);
+    opening.onsuccess = () => resolve(opening.result);
+    opening.onerror = () => resolve(null);
+    opening.onblocked = () => resolve(null);
+  });
+  return database;
 }
 
-function write(queue) {
-  memory = queue;
-  try {
-    localStorage.setItem(STORAGE_KEY, JSON.stringify(queue));
-  } catch {
-    // Storage full or disabled: the queue lives in memory for this tab only.
+/** One transaction on the queue: `change` (synchronous) maps it to what is stored. */
+async function transact(mode, change = null) {
+  const db = await connect();
+  if (!db) {
+    if (change) cache = change(cache);
+    return cache;
   }
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction(STORE, mode);
+    const store = tx.objectStore(STORE);
+    let queue = [];
+    store.get(RECORD).onsuccess = (event) => {
+      queue = Array.isArray(event.target.result) ? event.target.result : [];
+      if (change) {
+        queue = change(queue);
+        store.put(queue, RECORD);
+      }
+    };
+    tx.oncomplete = () => {
+      cache = queue;
+      resolve(queue);
+    };
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error ?? new Error("the queue's transaction was aborted"));
+  });
+}
+
+/** The queue as every tab sees it now. */
+function load() {
+  return transact("readonly");
+}
+
+async function mutate(change) {
+  await transact("readwrite", change);
+  changes?.postMessage(null);
+  notify();
 }
 
 function withLock(name, task) {
   return navigator.locks ? navigator.locks.request(name, task) : task();
 }
 
-async function mutate(change) {
-  await withLock(QUEUE_LOCK, () => write(change(read())));
-  notify();
+/** Presses an earlier version of the console left in localStorage join the queue once. */
+async function adoptOld() {
+  let old = [];
+  try {
+    old = JSON.parse(localStorage.getItem(OLD_STORAGE_KEY) ?? "[]");
+    localStorage.removeItem(OLD_STORAGE_KEY);
+  } catch {
+    return;
+  }
+  if (!Array.isArray(old) || old.length === 0) return;
+  await mutate((queue) => [...queue, ...old.filter((item) => !queue.some((q) => q.id === item.id))]);
 }
 
 function notify() {
   for (const listener of changeListeners) listener();
 }
 
-/** Every press not yet answered, oldest first. */
+/** Every press not yet answered, oldest first (as this tab last read the queue). */
 export function presses() {
-  return read();
+  return cache;
 }
 
 /** The press this tab is sending right now, if any. */
@@ -93,7 +148,7 @@ export function sendingId() {
 
 /** True when presses wait for the connection (rather than just being on the wire). */
 export function waiting() {
-  const queue = read();
+  const queue = cache;
   return queue.length > 0 && (!navigator.onLine || queue.some((item) => item.held));
 }
 
@@ -198,7 +253,7 @@ export function drain() {
 
 async function sendInOrder() {
   for (;;) {
-    const head = read()[0];
+    const [head] = await load(); // not the copy: another tab may have sent it
     if (!head) return;
     if (!navigator.onLine) {
       if (!head.held) await hold(head, { reason: "OFFLINE", message: "this browser is offline" }, true, false);
@@ -282,13 +337,14 @@ export function start() {
   channel?.addEventListener("message", (message) => {
     for (const listener of outcomeListeners) listener({ ...message.data, remote: true });
   });
+  changes?.addEventListener("message", () => load().then(notify, () => {}));
   window.addEventListener("online", () => drain());
   window.addEventListener("offline", () => notify());
-  window.addEventListener("storage", (event) => {
-    if (event.key === STORAGE_KEY || event.key === null) notify();
-  });
   setInterval(() => {
-    if (read().length) drain();
+    if (cache.length) drain();
   }, RETRY_EVERY_MS);
-  drain();
+  adoptOld()
+    .then(load)
+    .then(notify, () => {})
+    .finally(drain);
 }

@@ -1,6 +1,6 @@
 // The console's service worker (served as /sw.js, so its scope is the whole
 // console). It keeps the app shell, the page and its modules, so that the
-// console opens with no network; the queued presses are in localStorage and
+// console opens with no network; the queued presses are in IndexedDB and
 // go out once the connection is back (queue.js).
 //
 // Network first: online, every file comes fresh from the gateway (and the

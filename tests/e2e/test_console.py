@@ -46,6 +46,17 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 VIEWPORT = {"width": 1440, "height": 900}
+READ_QUEUE = """() => new Promise((resolve, reject) => {
+  const opening = indexedDB.open("closed-loop");
+  opening.onerror = () => reject(opening.error);
+  opening.onsuccess = () => {
+    const db = opening.result;
+    if (!db.objectStoreNames.contains("presses")) { db.close(); resolve([]); return; }
+    const get = db.transaction("presses").objectStore("presses").get("queue");
+    get.onsuccess = () => { db.close(); resolve(get.result ?? []); };
+    get.onerror = () => { db.close(); reject(get.error); };
+  };
+})"""
 WAIT = 10_000  # ms: the longest any expectation waits
 TWILIO_SID, TWILIO_TOKEN, TWILIO_FROM = "AC" + "c" * 32, "twilio-token-for-tests", "+15005550006"
 # The browser may log its own line for every API refusal a test provokes and for
@@ -254,11 +265,11 @@ class Console:
         return self.page.locator(f'.lead-row[data-lead-id="{lead["leadId"]}"]')
 
     async def queued(self) -> list[dict[str, Any]]:
-        raw = await self.page.evaluate("localStorage.getItem('closed-loop:presses:v1')")
-        return json.loads(raw or "[]")  # type: ignore[no-any-return]
+        """The presses in the browser's queue, as every tab reads it (IndexedDB)."""
+        return await self.page.evaluate(READ_QUEUE)  # type: ignore[no-any-return]
 
     async def new_tab(self, path: str = "/") -> Page:
-        """Another tab of the same browser: same session, same localStorage."""
+        """Another tab of the same browser: same session, same storage."""
         page = await self.context.new_page()
         self.watch_page(page)
         await page.goto(path)
@@ -452,7 +463,7 @@ async def test_a_press_made_offline_is_queued_and_takes_effect_once_back_online(
     await console.context.set_offline(True)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
     await page.click('#status-actions button[data-status="LEAD_STATUS_CONTACTED"]')
-    # Shown at once, marked as not yet sent, and kept in localStorage.
+    # Shown at once, marked as not yet sent, and kept in the browser (IndexedDB).
     await expect(page.locator("#queue-title")).to_have_text("1 change waiting to send")
     await expect(page.locator("#lead-head .badge")).to_have_attribute("data-pending", "queued")
     await expect(page.locator("#lead-head .badge")).to_contain_text("Contacted")
@@ -637,6 +648,44 @@ async def test_tabs_of_one_browser_share_the_queue_and_send_each_press_once(
     changes = await status_changes(system.url, lead["leadId"])
     assert [c["toStatus"] for c in changes] == ["LEAD_STATUS_PROPOSAL_SENT",
                                                 "LEAD_STATUS_NEGOTIATING"]
+    console.assert_clean()
+    await console.context.close()
+
+
+async def test_a_press_an_earlier_console_left_in_local_storage_is_sent_once(
+    browser: Browser, system: System
+) -> None:
+    """Earlier versions kept the queue in localStorage: after the update it is sent, once."""
+    lead = await new_lead(system.url, unique_name("Karen Spärck Jones"))
+    console = await console_on_lead(browser, system, lead)
+    page = console.page
+    key = str(uuid.uuid4())
+    path = f"/v1/leads/{lead['leadId']}:updateStatus"
+    press = {
+        "id": str(uuid.uuid4()), "key": key, "control": f"lead:{lead['leadId']}",
+        "label": f"Move {lead['name']} to Contacted",
+        "intent": {"kind": "lead.status", "leadId": lead["leadId"],
+                   "status": "LEAD_STATUS_CONTACTED"},
+        "method": "POST", "path": path, "body": {"status": "LEAD_STATUS_CONTACTED"},
+        "signature": "old", "principal": "alice", "pressedAt": "2026-12-01T09:00:00Z",
+        "attempts": 1, "held": True, "problem": None,
+    }
+    posts: list[str] = []
+    page.on("request", lambda request: posts.append(request.url)
+            if request.url.endswith(":updateStatus") else None)
+    await page.evaluate("(press) => localStorage.setItem('closed-loop:presses:v1', "
+                        "JSON.stringify([press]))", press)
+
+    await page.reload()
+    await console.live()
+    await expect(page.locator("#lead-head .badge")).to_have_text("Contacted", timeout=WAIT)
+    await expect(page.locator("#queue-panel")).to_be_hidden(timeout=WAIT)
+    assert await page.evaluate("localStorage.getItem('closed-loop:presses:v1')") is None
+    assert await console.queued() == []
+    assert len(posts) == 1
+    changes = await status_changes(system.url, lead["leadId"])
+    assert [(c["toStatus"], c["idempotencyKey"]) for c in changes
+            if c["toStatus"] != "LEAD_STATUS_NEW"] == [("LEAD_STATUS_CONTACTED", key)]
     console.assert_clean()
     await console.context.close()
 
