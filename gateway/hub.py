@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -86,13 +86,18 @@ def entry_of(seq: int, event: Any) -> Entry:
                  b"event: " + kind.encode() + b"\nid: ", b"\ndata: " + data + b"\n\n")
 
 
-def event_class(service: str) -> type[Message]:
+# A message class made from a descriptor, called with its fields as keywords (the
+# type of Message says nothing of its fields).
+MessageClass = Callable[..., Message]
+
+
+def event_class(service: str) -> MessageClass:
     return GetMessageClass(  # type: ignore[no-any-return]
         contracts.SERVICES[service].methods_by_name["Subscribe"].output_type)
 
 
 def subscribe_request(service: str, after_cursor: str) -> Message:
-    request_class = GetMessageClass(
+    request_class: MessageClass = GetMessageClass(
         contracts.SERVICES[service].methods_by_name["Subscribe"].input_type)
     return request_class(after_cursor=after_cursor)
 

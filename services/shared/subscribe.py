@@ -17,7 +17,7 @@ the SMS provider's state): see services.shared.events.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import grpc
@@ -37,7 +37,7 @@ E = TypeVar("E", bound=Message)
 async def stream(
     storage: Storage,
     context: grpc.aio.ServicerContext,
-    event_class: type[E],
+    event_class: Callable[..., E],  # a generated Event class
     after_cursor: str,
     where: Filter,
     *,
