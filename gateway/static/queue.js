@@ -70,9 +70,17 @@ function connect() {
       return;
     }
     opening.onupgradeneeded = () => opening.result.createObjectStore(STORE);
-    opening.onsuccess = () => resolve(opening.result);
+    opening.onsuccess = () => {
+      const db = opening.result;
+      // A newer console in another tab upgrades the store: step aside, and open
+      // it afresh (as upgraded) on the next change.
+      db.onversionchange = () => {
+        db.close();
+        database = null;
+      };
+      resolve(db);
+    };
     opening.onerror = () => resolve(null);
-    opening.onblocked = () => resolve(null);
   });
   return database;
 }
