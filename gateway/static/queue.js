@@ -42,7 +42,9 @@ import { ApiError, NetworkError, currentSession, newKey, request } from "./api.j
 const DATABASE = "closed-loop";
 const STORE = "presses";
 const RECORD = "queue"; // the whole queue is one record: a change to it is one put
-const OLD_STORAGE_KEY = "closed-loop:presses:v1"; // where earlier versions kept it
+const STORE_VERSION = 1;
+const OLD_STORAGE_KEY = "closed-loop:presses:v1"; // where earlier versions kept the queue,
+const OLD_QUEUE_LOCK = "closed-loop:presses"; // changing it under this lock
 const SEND_LOCK = "closed-loop:sending";
 const RETRY_EVERY_MS = 5000;
 const IN_USE_RETRY_MS = 300;
@@ -60,38 +62,77 @@ let draining = false;
 let again = false;
 let timer = null;
 
+// A tab that meets the store at a newer version than its own code knows
+// reloads (once a minute at most) to get the newer console.
+const RELOADED_AT = "closed-loop:reloaded-for-store";
+
 function connect() {
   database ??= new Promise((resolve) => {
     let opening;
     try {
-      opening = indexedDB.open(DATABASE, 1);
+      opening = indexedDB.open(DATABASE, STORE_VERSION);
     } catch {
       resolve(null); // no IndexedDB here: the queue lives in this tab's memory
       return;
     }
-    opening.onupgradeneeded = () => opening.result.createObjectStore(STORE);
+    opening.onupgradeneeded = () => {
+      if (!opening.result.objectStoreNames.contains(STORE)) opening.result.createObjectStore(STORE);
+    };
     opening.onsuccess = () => {
       const db = opening.result;
-      // A newer console in another tab upgrades the store: step aside, and open
-      // it afresh (as upgraded) on the next change.
+      if (!db.objectStoreNames.contains(STORE)) {
+        db.close(); // made by something else, without the store: not ours to change
+        resolve(null);
+        return;
+      }
+      // A newer console, in another tab, upgrades the store: this code may not
+      // read it right, so this tab makes way and reloads as the newer console.
       db.onversionchange = () => {
         db.close();
-        database = null;
+        location.reload();
+      };
+      db.onclose = () => {
+        database = null; // closed by the browser (its data cleared): open it afresh
       };
       resolve(db);
     };
-    opening.onerror = () => resolve(null);
+    opening.onerror = () => {
+      if (opening.error?.name === "VersionError" && reloadForNewerStore()) return;
+      resolve(null);
+    };
   });
   return database;
 }
 
+function reloadForNewerStore() {
+  try {
+    const last = Number(sessionStorage.getItem(RELOADED_AT) ?? 0);
+    if (Date.now() - last < 60_000) return false;
+    sessionStorage.setItem(RELOADED_AT, String(Date.now()));
+  } catch {
+    return false;
+  }
+  location.reload();
+  return true;
+}
+
 /** One transaction on the queue: `change` (synchronous) maps it to what is stored. */
-async function transact(mode, change = null) {
+async function transact(mode, change = null, retry = true) {
   const db = await connect();
   if (!db) {
     if (change) cache = change(cache);
     return cache;
   }
+  try {
+    return await inTransaction(db, mode, change);
+  } catch (error) {
+    if (!retry || error?.name !== "InvalidStateError") throw error;
+    database = null; // the connection was closed under us: once more on a new one
+    return transact(mode, change, false);
+  }
+}
+
+function inTransaction(db, mode, change) {
   return new Promise((resolve, reject) => {
     const tx = db.transaction(STORE, mode);
     const store = tx.objectStore(STORE);
@@ -127,17 +168,27 @@ function withLock(name, task) {
   return navigator.locks ? navigator.locks.request(name, task) : task();
 }
 
-/** Presses an earlier version of the console left in localStorage join the queue once. */
-async function adoptOld() {
-  let old = [];
-  try {
-    old = JSON.parse(localStorage.getItem(OLD_STORAGE_KEY) ?? "[]");
+/**
+ * Presses an earlier version of the console kept in localStorage join the
+ * queue, ahead of newer ones; the old copy goes only once they are stored.
+ * Taken under the locks that version sent and changed its queue under, so a
+ * press it still has on the wire, or is writing, is not taken mid-way.
+ */
+function adoptOld() {
+  return withLock(SEND_LOCK, () => withLock(OLD_QUEUE_LOCK, async () => {
+    let old;
+    try {
+      old = JSON.parse(localStorage.getItem(OLD_STORAGE_KEY) ?? "null");
+    } catch {
+      return;
+    }
+    if (!Array.isArray(old) || !(await connect())) return; // nowhere better to keep them
+    if (old.length) {
+      await mutate((queue) => [...old.filter((item) => !queue.some((q) => q.id === item.id)),
+                               ...queue]);
+    }
     localStorage.removeItem(OLD_STORAGE_KEY);
-  } catch {
-    return;
-  }
-  if (!Array.isArray(old) || old.length === 0) return;
-  await mutate((queue) => [...queue, ...old.filter((item) => !queue.some((q) => q.id === item.id))]);
+  }));
 }
 
 function notify() {
@@ -219,12 +270,27 @@ async function record(spec, sig) {
     problem: null,
   };
   let existing = null;
-  await mutate((queue) => {
-    existing = queue.find((other) => other.signature === sig) ?? null;
-    if (existing) return queue;
-    item.held = !navigator.onLine || queue.some((other) => other.held);
-    return [...queue, item];
-  });
+  try {
+    await mutate((queue) => {
+      existing = queue.find((other) => other.signature === sig) ?? null;
+      if (existing) return queue;
+      item.held = !navigator.onLine || queue.some((other) => other.held);
+      return [...queue, item];
+    });
+  } catch (error) {
+    // Not kept, so not sent: a press is only ever sent once it is stored.
+    publish({
+      id: item.id, key: item.key, control: item.control, intent: item.intent, label: item.label,
+      signature: sig, ok: false, at: Date.now(),
+      error: {
+        httpStatus: 0, code: "", reason: "NOT_KEPT", domain: "", metadata: {},
+        message: "this browser could not keep the change, so it was not sent "
+          + `(${error?.name ?? "storage error"}); try again`,
+        fieldViolations: [], preconditionViolations: [], retryAfter: null, replayed: false,
+      },
+    });
+    return item;
+  }
   if (existing) return existing;
   if (!spec.repeatable) {
     recent.set(sig, { key: item.key, method: item.method, path: item.path, body: item.body, at: Date.now() });

@@ -48,7 +48,10 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1440, "height": 900}
 READ_QUEUE = """() => new Promise((resolve, reject) => {
   const opening = indexedDB.open("closed-loop");
-  opening.onerror = () => reject(opening.error);
+  // No database yet: create none (the console would find it without its store).
+  opening.onupgradeneeded = () => opening.transaction.abort();
+  opening.onerror = () =>
+    opening.error?.name === "AbortError" ? resolve([]) : reject(opening.error);
   opening.onsuccess = () => {
     const db = opening.result;
     if (!db.objectStoreNames.contains("presses")) { db.close(); resolve([]); return; }
