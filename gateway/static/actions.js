@@ -15,8 +15,10 @@ import { digits, words } from "./format.js";
 // A press says "move the lead I see at version N": if someone else changed it
 // meanwhile, the server refuses it (VERSION_MISMATCH) rather than override them.
 // A press queued behind another press of the same lead cannot know the version
-// it will meet, so it goes without one and the pipeline rules alone guard it.
+// it will meet, so it goes without one and the pipeline rules alone guard it
+// (as does a press made before this tab has read the queue: one may be ahead).
 function expectedVersion(lead) {
+  if (!queue.known()) return undefined;
   const ahead = queue.presses().some((item) => {
     const intent = item.intent ?? {};
     return (intent.kind === "lead.status" && intent.leadId === lead.leadId)

@@ -56,6 +56,7 @@ const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel("c
 const changes = typeof BroadcastChannel === "function" ? new BroadcastChannel("closed-loop:presses") : null;
 
 let cache = []; // the queue as last read or written, for drawing the screen
+let loaded = false; // whether `cache` has been read from the store yet
 let database = null; // a promise of the IndexedDB connection, or of null without one
 let sending = null; // the id of the press this tab has on the wire
 let draining = false;
@@ -121,6 +122,7 @@ async function transact(mode, change = null, retry = true) {
   const db = await connect();
   if (!db) {
     if (change) cache = change(cache);
+    loaded = true;
     return cache;
   }
   try {
@@ -146,6 +148,7 @@ function inTransaction(db, mode, change) {
     };
     tx.oncomplete = () => {
       cache = queue;
+      loaded = true;
       resolve(queue);
     };
     tx.onerror = () => reject(tx.error);
@@ -198,6 +201,11 @@ function notify() {
 /** Every press not yet answered, oldest first (as this tab last read the queue). */
 export function presses() {
   return cache;
+}
+
+/** False until this tab has first read the queue (`presses()` is empty until then). */
+export function known() {
+  return loaded;
 }
 
 /** The press this tab is sending right now, if any. */
