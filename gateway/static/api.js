@@ -36,7 +36,7 @@ export class ApiError extends Error {
     this.replayed = headers?.get("Idempotent-Replayed") === "true";
   }
 
-  /** A structured-clone-safe copy, for localStorage and other tabs. */
+  /** A structured-clone-safe copy, for storage and other tabs. */
   plain() {
     return {
       httpStatus: this.httpStatus, code: this.code, reason: this.reason, message: this.message,

@@ -290,12 +290,11 @@ async function record(spec, sig) {
     publish({
       id: item.id, key: item.key, control: item.control, intent: item.intent, label: item.label,
       signature: sig, ok: false, at: Date.now(),
-      error: {
-        httpStatus: 0, code: "", reason: "NOT_KEPT", domain: "", metadata: {},
+      error: new ApiError(0, {
         message: "this browser could not keep the change, so it was not sent "
           + `(${error?.name ?? "storage error"}); try again`,
-        fieldViolations: [], preconditionViolations: [], retryAfter: null, replayed: false,
-      },
+        details: [{ "@type": "type.googleapis.com/google.rpc.ErrorInfo", reason: "NOT_KEPT" }],
+      }).plain(),
     });
     return item;
   }

@@ -6,12 +6,13 @@ from __future__ import annotations
 import psycopg
 
 from tests.bench.client import analyze
+from tests.support.databases import libpq_url
 
 
 async def test_only_tables_with_rows_are_analyzed_so_an_empty_one_is_not_known_empty(
     postgres_url: str,
 ) -> None:
-    url = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    url = libpq_url(postgres_url)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("CREATE TABLE filled (id bigint PRIMARY KEY)")
         await conn.execute('CREATE TABLE "keys ""of"" calls" (id bigint PRIMARY KEY)')

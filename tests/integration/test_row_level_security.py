@@ -88,10 +88,6 @@ async def _write(running: dict[str, RunningService], channel_for: Callable[..., 
         metadata=idempotency(new_key()))
 
 
-def _libpq(url: str) -> str:
-    return "postgresql://" + url.partition("://")[2]
-
-
 def _tables(conn: psycopg.Connection[Any]) -> list[tuple[str, bool, bool]]:
     return [(name, bool(enabled), bool(forced)) for name, enabled, forced in conn.execute(
         "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
@@ -102,7 +98,7 @@ def _tables(conn: psycopg.Connection[Any]) -> list[tuple[str, bool, bool]]:
 async def test_the_services_role_is_bound_by_row_level_security(
     services: dict[str, RunningService], postgres_url: str,
 ) -> None:
-    with psycopg.connect(_libpq(postgres_url), autocommit=True) as conn:
+    with psycopg.connect(databases.libpq_url(postgres_url), autocommit=True) as conn:
         role = conn.execute("SELECT current_user, rolsuper, rolbypassrls FROM pg_roles "
                             "WHERE rolname = current_user").fetchone()
         assert role == (databases.SERVICE_ROLE, False, False)
@@ -117,7 +113,7 @@ async def test_the_services_role_is_bound_by_row_level_security(
 async def test_a_query_that_forgets_its_filter_sees_one_org(
     services: dict[str, RunningService], postgres_url: str,
 ) -> None:
-    with psycopg.connect(_libpq(postgres_url)) as conn:
+    with psycopg.connect(databases.libpq_url(postgres_url)) as conn:
         tables = [name for name, _, _ in _tables(conn)]
         conn.rollback()
         for org in ORGS:
@@ -138,7 +134,7 @@ async def test_a_query_that_forgets_its_filter_sees_one_org(
 async def test_a_write_cannot_reach_another_org(
     services: dict[str, RunningService], postgres_url: str,
 ) -> None:
-    with psycopg.connect(_libpq(postgres_url)) as conn:
+    with psycopg.connect(databases.libpq_url(postgres_url)) as conn:
         conn.execute("SELECT set_config('crm.org', 'acme', true)")
         renamed = conn.execute("UPDATE leads SET name = 'Renamed'").rowcount
         assert renamed == 1  # acme's one lead, not default's

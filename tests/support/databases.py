@@ -46,6 +46,11 @@ def _url_for(name: str, user: str | None = None) -> str:
     return url
 
 
+def libpq_url(url: str) -> str:
+    """A database URL as SQLAlchemy takes it (`postgresql+psycopg://…`) as psycopg does."""
+    return "postgresql://" + url.partition("://")[2]
+
+
 def admin_url(url: str) -> str:
     """The same database as the administrator (a superuser: row-level security
     does not bind it), to look at every org's rows at once."""
