@@ -10,7 +10,9 @@ than the work itself. So:
   BEGIN (and COMMIT, if asked) riding along.
 
 How a round trip goes out on PostgreSQL (`_at_once`): its statements are one
-query string, their values bound by psycopg's quoting (`mogrify`), sent with
+query string, their values bound by psycopg's quoting (`as_literal`, through
+one adapter cache a connection keeps: `mogrify` builds its cache afresh on
+every call, which cost more than the quoting itself), sent with
 the simple query protocol: one send, one wait. (A psycopg pipeline, the way it
 went before, flushes a send per statement and polls around each; for the four
 to eight statements of a write that was most of psycopg's CPU per call.) A
@@ -58,6 +60,8 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import abc as psycopg_abc
+from psycopg.adapt import Transformer
 from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import Executable, TextClause, text
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -291,7 +295,7 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
     cursor = psycopg.AsyncClientCursor(raw, row_factory=row_factory)
     state = _prepared.get(raw)
     if state is None:
-        state = _prepared[raw] = _Prepared()
+        state = _prepared[raw] = _Prepared(Transformer(raw))
     parts: list[str] = []
     wanted: set[int] = set()  # the indexes in the results of the statements' own results
     preparing: dict[str, str] = {}
@@ -302,10 +306,7 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
             name = preparing[sql_text] = f"crm_{next(_names)}"
             state.prepares += 1
             parts.append(f"PREPARE {name} AS {plan.body}")
-        if plan is not None and name is not None:
-            parts.append(cursor.mogrify(plan.execute.format(name=name), params))
-        else:
-            parts.append(cursor.mogrify(sql_text, params))  # turns %% into % as well
+        parts.append(_bound(cursor, state, sql_text, params, plan=plan, name=name))
         wanted.add(len(parts) - 1)
     if built is not None:
         built()
@@ -335,6 +336,17 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
     return found
 
 
+def _bound(cursor: Any, state: _Prepared, sql_text: str, params: Params, *,
+           plan: _Plan | None, name: str | None) -> str:
+    """A statement as it goes out: EXECUTE of its prepared name, or its own SQL
+    with its values bound."""
+    if plan is not None and name is not None:
+        return state.execute(name, plan, params)
+    if not params and "%" not in sql_text:
+        return sql_text  # a command (SAVEPOINT, COMMIT): nothing to bind
+    return str(cursor.mogrify(sql_text, params))  # turns %% into % as well
+
+
 class Replanned(Exception):
     """A statement the connection had prepared could not run as prepared; it will
     be prepared afresh, and the transaction may simply run again."""
@@ -343,16 +355,27 @@ class Replanned(Exception):
 @dataclass
 class _Prepared:
     """What one connection has prepared: names by SQL, and how many PREPAREs it has
-    sent in all (those of strings that failed may linger on the server)."""
+    sent in all (those of strings that failed may linger on the server); and its
+    quoting, with the adapters it has looked up kept for the next statements."""
 
+    quoting: psycopg_abc.Transformer
     names: dict[str, str] = field(default_factory=dict)
     prepares: int = 0
+
+    def execute(self, name: str, plan: _Plan, params: Params) -> str:
+        """`EXECUTE name(…)` with `params` as literals, in the prepared order."""
+        if not plan.order:
+            return f"EXECUTE {name}"
+        literal = self.quoting.as_literal
+        values = b", ".join(b"NULL" if (value := params[key]) is None else literal(value)
+                            for key in plan.order)
+        return f"EXECUTE {name}({values.decode(self.quoting.encoding)})"
 
 
 @dataclass(frozen=True)
 class _Plan:
     body: str  # the statement with $n parameters, to PREPARE
-    execute: str  # "EXECUTE {name}(%(a)s, …)", to format with the name and mogrify
+    order: tuple[str, ...]  # the names of the values of $1, $2, …
 
 
 _PARAM = re.compile(r"%\((\w+)\)s|%%")
@@ -383,8 +406,7 @@ def _plan(sql_text: str, params: Params) -> _Plan | None:
             return f"${order.setdefault(match.group(1), len(order) + 1)}"
 
         body = _PARAM.sub(numbered, sql_text)
-        arguments = ", ".join(f"%({name})s" for name in order)
-        plan = _Plan(body, f"EXECUTE {{name}}({arguments})" if order else "EXECUTE {name}")
+        plan = _Plan(body, tuple(order))
     if len(_plans) < 10_000:  # the hot statements are constants: a few hundred at most
         _plans[sql_text] = plan
     return plan

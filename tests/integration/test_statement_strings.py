@@ -5,6 +5,7 @@ connection on first use and run as EXECUTE after (services.shared.sql)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -48,6 +49,25 @@ async def test_values_come_back_exactly_as_sent(db: Database, word: str) -> None
     expected = (word, params["at"], params["n"], params["blob"], None, word)
     assert [tuple(row) for row in (*first, *second)] == [expected, expected]
     assert [tuple(row) for row in third] == [expected]
+
+
+SCALARS = text("SELECT %(yes)s::boolean AS yes, %(no)s::boolean AS no, "
+               "%(ratio)s::float8 AS ratio, %(amount)s::numeric AS amount, "
+               "%(low)s::bigint AS low, 1 - %(negative)s::bigint AS difference")
+
+
+@pytest.mark.parametrize("negative", [-1, -(2 ** 31)])
+async def test_every_kind_of_scalar_is_quoted_as_its_own_literal(
+        db: Database, negative: int) -> None:
+    """Each connection keeps its quoting (and the adapters it looked up) for the
+    next strings: the same values, bound again and again, come back exactly."""
+    params = {"yes": True, "no": False, "ratio": -0.1, "amount": Decimal("-12345.6789"),
+              "low": -(2 ** 63), "negative": negative}
+    expected = (True, False, -0.1, Decimal("-12345.6789"), -(2 ** 63), 1 - negative)
+    async with db.transaction(write=True) as conn:
+        for _ in range(3):  # prepared, executed, executed in another string
+            rows = await sql.fetch(conn, SCALARS, params)
+            assert [tuple(row) for row in rows] == [expected]
 
 
 async def test_each_statement_gets_its_own_rows_and_commands_none(db: Database) -> None:
