@@ -134,24 +134,21 @@ class Database:
                 yield conn
             return
         async with self.engine.connect() as conn:
-            raw = None
-            if not write:
-                # A read needs no BEGIN and ROLLBACK, two round trips of its own.
-                # Every read here is one statement, or statements that stay
-                # correct without one snapshot (the event log's prefix property).
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-            else:
-                # A write's BEGIN rides with its first statement (services.shared.sql
-                # sends them to psycopg directly), so psycopg, which would send its
-                # own and wait for the answer, is kept in autocommit mode. Reads
-                # leave the pool's connections out of it again (SQLAlchemy resets
-                # the isolation level it set), so set it here each time.
-                # (A connection the server dropped is not IDLE: psycopg would
-                # refuse the change; its first statement then fails as it would
-                # have anyway, as a transient error.)
-                raw = sql.driver(conn)
-                if not raw.autocommit and raw.info.transaction_status == _IDLE:
-                    await raw.set_autocommit(True)
+            # psycopg sends no BEGIN of its own here: it is kept in autocommit mode.
+            # A read needs no BEGIN and ROLLBACK, two round trips of their own:
+            # every read here is one statement, or statements that stay correct
+            # without one snapshot (the event log's prefix property). A write's
+            # BEGIN rides with its first statement (services.shared.sql sends them
+            # to psycopg directly); psycopg's would wait for its answer first.
+            # Set on psycopg's connection, not through SQLAlchemy's isolation
+            # level, which costs a greenlet hop to set and another to reset as the
+            # connection goes back. (A connection the server dropped is not IDLE:
+            # psycopg would refuse the change; its first statement then fails as
+            # it would have anyway, as a transient error.)
+            raw = sql.driver(conn)
+            if not raw.autocommit and raw.info.transaction_status == _IDLE:
+                await raw.set_autocommit(True)
+            if write:
                 sql.begin_with_first_statement(conn)
             # SQLAlchemy's own begin, a greenlet hop that sends nothing, is left
             # out; a statement run through SQLAlchemy begins its books as it goes.
@@ -161,7 +158,7 @@ class Database:
             try:
                 yield conn
             finally:
-                if raw is not None:
+                if write:
                     sql.forget_begin(raw)  # sent, or never to be: not for the next user
                 if conn.in_transaction():
                     await conn.rollback()
