@@ -510,6 +510,8 @@ class EventFeed:
         self._tasks: list[asyncio.Task[None]] = []
         # Committed events wait below an unfinished transaction: look again soon.
         self._held = False
+        # Nobody followed while events were committed: the ring is behind the log.
+        self._stale = False
         # PostgreSQL: the feed reads the log on a connection of its own, and
         # announces this process's commits on another.
         self._reader: psycopg.AsyncConnection[Any] | None = None
@@ -537,6 +539,15 @@ class EventFeed:
     def poke(self) -> None:
         """Something may have been appended: fetch it."""
         self._poked.set()
+
+    def joined(self) -> None:
+        """A subscriber follows the feed now: if the feed idled, it reads again."""
+        self.subscribers += 1
+        if self._stale:
+            self.poke()
+
+    def left(self) -> None:
+        self.subscribers -= 1
 
     def announce(self) -> None:
         """This process committed events: wake its own feed now, and the other
@@ -639,7 +650,15 @@ class EventFeed:
                 # Let the commits of a busy moment fold into one read.
                 await asyncio.sleep(COALESCE_SECONDS)
             self._poked.clear()
+            if self.subscribers == 0:
+                # Nobody follows: no read for nobody (under load that was a read
+                # after every few commits). The first subscriber wakes the feed
+                # again, and it starts over from the log's head (`_rebase`).
+                self._stale = True
+                continue
             try:
+                if self._stale:
+                    await self._rebase()
                 await self._catch_up()
             except Exception as error:
                 if not failing:  # once an outage, not once a second
@@ -652,6 +671,21 @@ class EventFeed:
             if failing:
                 log.info("reading the event log again", extra={"head": self.head})
                 failing = False
+
+    async def _rebase(self) -> None:
+        """Start again from the log's head after a time nobody followed. What was
+        committed meanwhile is not paged through here only to fall out of the ring:
+        a subscriber whose position lies before the new floor reads it from the
+        log itself (`_next_batch`), as one fallen behind the ring does."""
+        async with self.db.transaction(write=False) as conn:
+            if self.log.postgres:
+                sql.scope(conn, orgs.SYSTEM_SCOPE, every_statement=True)
+            head = (await self.log.head(conn)).head
+        if head > self.head:  # final, as the head `start` reads: below the watermark
+            self._ring.clear()
+            self.head = self._floor = head
+            self._wake()
+        self._stale = False
 
     async def _catch_up(self) -> None:
         while True:
@@ -852,7 +886,7 @@ async def follow(
     position = start.position
     yield Tick(position, start.head)
     last_sent = clock()
-    feed.subscribers += 1
+    feed.joined()
     try:
         while not feed.closed:
             if position >= feed.head:
@@ -869,7 +903,7 @@ async def follow(
                 yield Tick(position, max(position, feed.head))
                 last_sent = clock()
     finally:
-        feed.subscribers -= 1
+        feed.left()
 
 
 async def _next_batch(

@@ -202,6 +202,43 @@ async def test_concurrent_writers_produce_one_order_every_subscriber_agrees_on(
     second.cancel()
 
 
+async def test_a_feed_nobody_follows_reads_nothing_and_its_next_subscribers_miss_nothing(
+    leads: Stub, leads_server: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While nobody subscribes, commits do not make the feed read the log; the
+    next subscribers wake it, and one resuming from before those commits gets
+    every event since its cursor, one from the head only what comes after."""
+    feed = leads_server.runtime.storage.feed
+    first = leads.Subscribe(pb.SubscribeRequest())
+    origin = (await first.read()).cursor
+    first.cancel()
+    await wait_until(lambda: feed.subscribers == 0)
+    await asyncio.sleep(0.1)  # a read the cancel found under way has ended
+    reads = 0
+    tail = feed._tail
+
+    async def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return await tail()
+
+    monkeypatch.setattr(feed, "_tail", counted)
+    unseen = [await create_lead(leads, name=f"Unseen {i}") for i in range(12)]
+    await asyncio.sleep(0.2)
+    assert reads == 0
+    resumed = leads.Subscribe(pb.SubscribeRequest(after_cursor=origin))
+    assert (await resumed.read()).type == "bookmark"
+    fresh = leads.Subscribe(pb.SubscribeRequest())
+    await fresh.read()
+    assert [e.lead.lead_id for e in await take(resumed, 12)] == [x.lead_id for x in unseen]
+    live = await create_lead(leads, name="Live")
+    assert [e.lead.lead_id for e in await take(resumed, 1)] == [live.lead_id]
+    assert [e.lead.lead_id for e in await take(fresh, 1)] == [live.lead_id]
+    assert reads > 0
+    resumed.cancel()
+    fresh.cancel()
+
+
 async def test_a_cancelled_stream_leaves_no_subscriber_behind(
     leads: Stub, leads_server: RunningService
 ) -> None:
