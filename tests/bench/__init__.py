@@ -17,7 +17,9 @@ ReplayOwnKey (a key per caller), GetLead — over gRPC and through the gateway
 over HTTP, at concurrency 1 and 32; on PostgreSQL, CreateLead and
 UpdateLeadStatus also against their lean reference (tests.bench.lean: the same
 write by hand in raw SQL, on a bare grpc.aio server), in the same turns, and
-their ratio to it (xlean); then realtime (tests.bench.realtime):
+their ratio to it (xlean), and RoundTrip, the floor of a call that makes one
+database round trip (`SELECT 1` on a pooled connection behind a bare grpc.aio
+handler, served beside the lean reference); then realtime (tests.bench.realtime):
 commit-to-subscriber latency and memory per idle stream for 1, 100 and 1,000
 Subscribe streams on one leads process, and as many SSE clients of the gateway,
 each size's gRPC and SSE rows one after the other (the SSE row's p99 is also

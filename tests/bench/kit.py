@@ -24,7 +24,7 @@ from crm.messaging.v1 import messaging_pb2_grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.bench import echo
+from tests.bench import echo, lean
 
 DEADLINE = 10.0
 PHONE = "+1 415 555 0123"
@@ -87,6 +87,11 @@ class Kit:
         self.leads = [leads_pb2_grpc.LeadsServiceStub(c) for c in self._channels.get("leads", [])]
         # The lean reference (tests.bench.lean) answers the leads writes.
         self.lean = [leads_pb2_grpc.LeadsServiceStub(c) for c in self._channels.get("lean", [])]
+        # And the floor beside it: one `SELECT 1` a call (tests.bench.lean.Floor).
+        self.floor = [c.unary_unary(lean.ROUND_TRIP,
+                                    request_serializer=leads_pb2.GetLeadRequest.SerializeToString,
+                                    response_deserializer=leads_pb2.GetLeadRequest.FromString)
+                      for c in self._channels.get("lean", [])]
         self.bookings = [bookings_pb2_grpc.BookingsServiceStub(c)
                          for c in self._channels.get("bookings", [])]
         self.messaging = [messaging_pb2_grpc.MessagingServiceStub(c)

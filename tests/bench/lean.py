@@ -6,6 +6,8 @@ Prints `{"port": N}` on stdout once it serves, then serves until SIGTERM.
 
     /crm.leads.v1.LeadsService/CreateLead
     /crm.leads.v1.LeadsService/UpdateLeadStatus
+    /bench.Floor/RoundTrip      the floor: one `SELECT 1` on a pooled autocommit
+                                connection a call, the request's bytes answered
 
 The database is a leads database migrated by the service itself (`python -m
 services.leads migrate`): the same tables, indexes and event log. Each call is
@@ -56,6 +58,9 @@ from google.rpc import code_pb2, status_pb2
 SERVICE = "crm.leads.v1.LeadsService"
 CREATE = f"/{SERVICE}/CreateLead"
 UPDATE = f"/{SERVICE}/UpdateLeadStatus"
+# The floor (`Floor`): one `SELECT 1` a call, bytes in and out.
+FLOOR_SERVICE = "bench.Floor"
+ROUND_TRIP = f"/{FLOOR_SERVICE}/RoundTrip"
 PRINCIPAL = "lean"
 TTL = timedelta(seconds=86400)  # the service's default CRM_IDEMPOTENCY_TTL_SECONDS
 REPLAYED = (("idempotent-replayed", "true"),)
@@ -290,6 +295,42 @@ class Lean:
         return await self._call(request, context, UPDATE, write, also=(FIND_LEAD, (lead_id,)))
 
 
+class Floor:
+    """One database round trip a call and nothing else: `SELECT 1` on a pooled
+    autocommit connection, behind a bare grpc.aio handler that answers the request's
+    bytes. What no service making one round trip a call can do better than."""
+
+    def __init__(self, url: str, size: int) -> None:
+        self.url = url
+        self.size = size
+        self.pool: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+
+    async def open(self) -> None:
+        for conn in await asyncio.gather(*(
+                psycopg.AsyncConnection.connect(self.url, connect_timeout=5, autocommit=True,
+                                                application_name="closed-loop-floor")
+                for _ in range(self.size))):
+            self.pool.put_nowait(conn)
+
+    async def close(self) -> None:
+        while not self.pool.empty():
+            await self.pool.get_nowait().close()
+
+    async def round_trip(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        conn = await self.pool.get()
+        try:
+            await conn.execute("SELECT 1")
+        finally:
+            self.pool.put_nowait(conn)
+        return request
+
+
+def floor_handlers(floor: Floor) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(FLOOR_SERVICE, {
+        "RoundTrip": grpc.unary_unary_rpc_method_handler(floor.round_trip),
+    })
+
+
 def handlers(lean: Lean) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, {
         "CreateLead": grpc.unary_unary_rpc_method_handler(
@@ -300,10 +341,11 @@ def handlers(lean: Lean) -> grpc.GenericRpcHandler:
 
 
 async def serve(port: int, url: str, size: int) -> None:
-    lean = Lean(url, size)
+    lean, floor = Lean(url, size), Floor(url, size)
     await lean.open()
+    await floor.open()
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handlers(lean),))
+    server.add_generic_rpc_handlers((handlers(lean), floor_handlers(floor)))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -316,6 +358,7 @@ async def serve(port: int, url: str, size: int) -> None:
     finally:
         await server.stop(0.5)
         await lean.close()
+        await floor.close()
 
 
 def main(argv: list[str] | None = None) -> None:

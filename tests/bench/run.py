@@ -221,7 +221,7 @@ class Run:
                 if name != "Echo" and backend in kind.backends and self.options.selected(name)]
 
     async def backend(self, backend: str) -> None:
-        lean = any(SCENARIOS[name].reference_for for name in self.calls_on(backend))
+        lean = any(SCENARIOS[name].on_lean for name in self.calls_on(backend))
         progress(f"{backend}: starting leads, bookings, messaging and the gateway"
                  + (", and the lean reference" if lean else ""))
         async with stack(backend, self.tokens, self.workdir / backend, lean=lean) as running:

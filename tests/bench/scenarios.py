@@ -7,7 +7,8 @@ warm-ups, every path); if it runs out anyway the measurement window ends there
 and the result says so.
 
 The Lean… scenarios make the same calls to the lean reference (tests.bench.lean,
-PostgreSQL only), in the turns of the call they are the reference for.
+PostgreSQL only), in the turns of the call they are the reference for; RoundTrip
+calls the floor beside it (one `SELECT 1` a call).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Scenario:
     # A reference measured in the turns of that scenario, which the report
     # gives its ratio to (xlean).
     reference_for: ClassVar[str] = ""
+    # Served by the lean reference's process (tests.bench.lean), which the run then starts.
+    on_lean: ClassVar[bool] = False
     # Concurrencies below this are skipped (the scenario means nothing there).
     min_concurrency: ClassVar[int] = 1
     # Time spent making consumable data, as a share of warm-up + duration.
@@ -271,6 +274,7 @@ class LeanCreateLead(CreateLead):
     paths = (GRPC,)
     backends = ("postgresql",)
     reference_for = "CreateLead"
+    on_lean = True
 
     @property
     def stubs(self) -> list[leads_pb2_grpc.LeadsServiceStub]:
@@ -285,10 +289,27 @@ class LeanUpdateLeadStatus(UpdateLeadStatus):
     paths = (GRPC,)
     backends = ("postgresql",)
     reference_for = "UpdateLeadStatus"
+    on_lean = True
 
     @property
     def stubs(self) -> list[leads_pb2_grpc.LeadsServiceStub]:
         return self.kit.lean
+
+
+class RoundTrip(Echo):
+    """The floor of a call that makes one database round trip: a bare grpc.aio
+    handler that runs `SELECT 1` on a pooled connection (tests.bench.lean.Floor),
+    called as Echo is. Its ratio to echo bounds what any such service can reach here."""
+
+    name = "RoundTrip"
+    label = "Round trip (bare: SELECT 1)"
+    backends = ("postgresql",)
+    on_lean = True
+
+    async def grpc(self, worker: int) -> None:
+        kit = self.kit
+        await kit.floor[worker % len(kit.floor)](self.request, metadata=kit.metadata,
+                                                 timeout=DEADLINE)
 
 
 class ReplayOwnKey(Replay):
@@ -304,5 +325,5 @@ class ReplayOwnKey(Replay):
 SCENARIOS: dict[str, type[Scenario]] = {
     s.name: s for s in (Echo, CreateLead, LeanCreateLead, UpdateLeadStatus,
                         LeanUpdateLeadStatus, ConfirmAppointment, SendSms, Replay, ReplayOwnKey,
-                        GetLead)
+                        GetLead, RoundTrip)
 }
