@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -152,8 +153,9 @@ UPDATE_RECIPIENT = update(recipients).where(recipients.c.phone == bindparam("b_p
 
 class SqlMessageRepository:
     """Writes go out with the unit of work's commit on PostgreSQL (see
-    UnitOfWork.write): every message saved was read FOR UPDATE first, so none
-    can change meanwhile, and the version guard checks it all the same."""
+    UnitOfWork.write), guarded by the version the message was read (FOR UPDATE:
+    then it cannot change meanwhile) or adopted at (`adopt`: then the guard is
+    what tells a change made since)."""
 
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
@@ -165,6 +167,15 @@ class SqlMessageRepository:
                                               **_columns(message), "org": self.uow.org})
         self.seen[message.message_id] = message
         self._loaded_versions[message.message_id] = message.version
+
+    def adopt(self, message: Message) -> Message:
+        """A copy of `message` as this process last committed it, taken without a
+        read: its save is guarded by that version all the same, so a change made
+        since fails it (ConcurrentChange) and writes nothing."""
+        adopted = replace(message, events=[])
+        self.seen[adopted.message_id] = adopted
+        self._loaded_versions[adopted.message_id] = adopted.version
+        return adopted
 
     async def get(self, message_id: str, *, for_update: bool = False) -> Message:
         query = SELECT_MESSAGE_FOR_UPDATE if for_update and self.uow.postgres else SELECT_MESSAGE

@@ -68,6 +68,7 @@ from services.shared.db import utcnow
 from services.shared.idempotency import Key, KeyInUse, KeyReused, Outcome, Pending, Stored
 from services.shared.lead_lookup import LeadContact
 from services.shared.phones import to_e164
+from services.shared.uow import ConcurrentChange
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,6 +102,7 @@ class MessageRepository(Protocol):
     async def by_provider_id(self, provider_message_id: str, *,
                              for_update: bool = False) -> Message | None: ...
     async def save(self, message: Message) -> None: ...
+    def adopt(self, message: Message) -> Message: ...
     async def history(self, lead_id: str, after: tuple[datetime, str] | None,
                       limit: int) -> list[Message]: ...
     async def lead_of(self, phone: str) -> str: ...
@@ -306,8 +308,16 @@ async def send_sms(cmd: SendSms, units: UnitsOfWork, sender: SmsSender, leads: L
     except NotHandedOver as failure:
         await _release(cmd, units, message.message_id, maybe_sent=failure.maybe_sent)
         raise failure.refusal from failure
-    return await units.attempt(partial(_record_acceptance, cmd, message.message_id, receipt),
-                               time_remaining=budget.left() + LEASE_MARGIN)
+    try:
+        return await units.attempt(
+            partial(_record_acceptance, cmd, message, receipt, as_recorded=True),
+            time_remaining=budget.left() + LEASE_MARGIN)
+    except ConcurrentChange:
+        # The message changed since this call recorded it (a status callback came
+        # first): read it, under lock, and record the acceptance on what it is now.
+        return await units.attempt(
+            partial(_record_acceptance, cmd, message, receipt, as_recorded=False),
+            time_remaining=budget.left() + LEASE_MARGIN)
 
 
 async def _begin(cmd: SendSms, units: UnitsOfWork, sender: SmsSender, leads: Leads,
@@ -412,11 +422,19 @@ async def _take_over(cmd: SendSms, lease_until: datetime, uow: Uow
     return message, maybe_sent
 
 
-async def _record_acceptance(cmd: SendSms, message_id: str, receipt: Receipt, uow: Uow
-                             ) -> Message:
+async def _record_acceptance(cmd: SendSms, recorded: Message, receipt: Receipt, uow: Uow, *,
+                             as_recorded: bool) -> Message:
+    """The provider took the message: store that, and the answer under the key.
+
+    `as_recorded`: take the message as this call last recorded it, without reading
+    it (a round trip less); its save is guarded by the version recorded, so if it
+    changed meanwhile nothing is written and ConcurrentChange says so."""
     async with uow.for_caller(cmd.caller):
         await uow.keys.hold(cmd.key)
-        message = await uow.messages.get(message_id, for_update=True)
+        if as_recorded:
+            message = uow.messages.adopt(recorded)
+        else:
+            message = await uow.messages.get(recorded.message_id, for_update=True)
         message.accepted(receipt.provider_message_id, receipt.status, utcnow())
         await uow.messages.save(message)
         await uow.commit(outcome=message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -59,6 +60,11 @@ class FakeMessages(FakeRows[Message], service.MessageRepository):
                              ) -> Message | None:
         found = [i for i, m in self.rows.items() if m.provider_message_id == provider_message_id]
         return await self.get(found[0]) if found else None
+
+    def adopt(self, message: Message) -> Message:
+        adopted = self.seen[message.message_id] = replace(copy.deepcopy(message), events=[])
+        self._loaded[message.message_id] = message.version
+        return adopted
 
     async def save(self, message: Message) -> None:
         row, loaded = copy.deepcopy(message), self._loaded[message.message_id]
@@ -174,6 +180,45 @@ async def test_a_text_is_recorded_then_handed_over_and_its_outcome_stored_once(
     assert provider.sent == ["Hi"]
     # The intent, then the outcome: two transactions, both the caller's.
     assert units.db.committed()[-2:] == [(ALICE, False, True), (ALICE, False, True)]
+
+
+class CallbackFirst(FakeProvider):
+    """A provider whose status callback for a text is recorded before its answer
+    to the send arrives: the stored message moves on meanwhile."""
+
+    def __init__(self, rows: dict[str, Message]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    async def send(self, *, to: str, body: str, status_callback: str | None,
+                   from_number: str | None = None) -> Receipt:
+        receipt = await super().send(to=to, body=body, status_callback=status_callback,
+                                     from_number=from_number)
+        for message in self.rows.values():
+            message.accepted(receipt.provider_message_id, MessageStatus.DELIVERED,
+                             message.updated_at)
+        return receipt
+
+
+async def test_an_acceptance_saves_the_message_as_recorded_or_reads_it_if_it_moved_on(
+    units: FakeUnits[FakeMessagingUnitOfWork],
+) -> None:
+    """The acceptance takes the message as the call recorded it, without reading it
+    again; if a status callback changed it meanwhile, that save writes nothing and
+    the acceptance is recorded on the message as it is now, once."""
+    provider = CallbackFirst(units.db.table("messages"))
+    sender = SmsSender(provider=provider, breaker=ProviderBreaker(5, 30.0, is_failure=is_transient),
+                       public_url="http://gateway", sms=SmsSettings(retry_max_attempts=1))
+    sent = await send(units, sender)
+    assert isinstance(sent, Message)
+    (stored,) = units.db.table("messages").values()
+    assert (sent.status, sent.handoff, sent.provider_message_id) == (
+        MessageStatus.DELIVERED, Handoff.ACCEPTED, "SM1")
+    assert (stored.status, stored.version) == (MessageStatus.DELIVERED, sent.version)
+    assert sent.version == 3  # recorded, moved on by the callback, accepted
+    assert provider.sent == ["Hi"]
+    again = await send(units, sender)
+    assert isinstance(again, Stored) and again.replayed and provider.sent == ["Hi"]
 
 
 class LeadsGone(service.Leads):
