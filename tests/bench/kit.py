@@ -71,6 +71,14 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _as_get_lead(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+    """A bytes-in, bytes-out method called with GetLead's request, serialized as
+    GetLead's is (the echo server, the floor)."""
+    return channel.unary_unary(method,
+                               request_serializer=leads_pb2.GetLeadRequest.SerializeToString,
+                               response_deserializer=leads_pb2.GetLeadRequest.FromString)
+
+
 class Kit:
     """Channels to every target of a job, and an HTTP session to the gateway."""
 
@@ -88,19 +96,13 @@ class Kit:
         # The lean reference (tests.bench.lean) answers the leads writes.
         self.lean = [leads_pb2_grpc.LeadsServiceStub(c) for c in self._channels.get("lean", [])]
         # And the floor beside it: one `SELECT 1` a call (tests.bench.lean.Floor).
-        self.floor = [c.unary_unary(lean.ROUND_TRIP,
-                                    request_serializer=leads_pb2.GetLeadRequest.SerializeToString,
-                                    response_deserializer=leads_pb2.GetLeadRequest.FromString)
-                      for c in self._channels.get("lean", [])]
+        self.floor = [_as_get_lead(c, lean.ROUND_TRIP) for c in self._channels.get("lean", [])]
         self.bookings = [bookings_pb2_grpc.BookingsServiceStub(c)
                          for c in self._channels.get("bookings", [])]
         self.messaging = [messaging_pb2_grpc.MessagingServiceStub(c)
                           for c in self._channels.get("messaging", [])]
         # The echo call is made like GetLead's: the same request, serialized the same way.
-        self.echo = [c.unary_unary(echo.ECHO,
-                                   request_serializer=leads_pb2.GetLeadRequest.SerializeToString,
-                                   response_deserializer=leads_pb2.GetLeadRequest.FromString)
-                     for c in self._channels.get("echo", [])]
+        self.echo = [_as_get_lead(c, echo.ECHO) for c in self._channels.get("echo", [])]
         self._http_connections = http_connections
         self._session: aiohttp.ClientSession | None = None
 

@@ -153,9 +153,10 @@ def move_refused(lead_id: str, target: pb.LeadStatus, expected: int | None,
 
 
 class Lean:
-    def __init__(self, url: str, size: int) -> None:
+    def __init__(self, url: str, size: int, *, autocommit: bool = False) -> None:
         self.url = url
         self.size = size
+        self.autocommit = autocommit
         self.pool: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
 
     async def open(self) -> None:
@@ -164,6 +165,7 @@ class Lean:
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(self.url, connect_timeout=5,
+                                                     autocommit=self.autocommit,
                                                      application_name="closed-loop-lean")
 
     async def close(self) -> None:
@@ -300,28 +302,12 @@ class Floor:
     autocommit connection, behind a bare grpc.aio handler that answers the request's
     bytes. What no service making one round trip a call can do better than."""
 
-    def __init__(self, url: str, size: int) -> None:
-        self.url = url
-        self.size = size
-        self.pool: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
-
-    async def open(self) -> None:
-        for conn in await asyncio.gather(*(
-                psycopg.AsyncConnection.connect(self.url, connect_timeout=5, autocommit=True,
-                                                application_name="closed-loop-floor")
-                for _ in range(self.size))):
-            self.pool.put_nowait(conn)
-
-    async def close(self) -> None:
-        while not self.pool.empty():
-            await self.pool.get_nowait().close()
+    def __init__(self, pool: Lean) -> None:
+        self.pool = pool  # autocommit: no BEGIN, no ROLLBACK around the SELECT
 
     async def round_trip(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        conn = await self.pool.get()
-        try:
+        async with self.pool.connection() as conn:
             await conn.execute("SELECT 1")
-        finally:
-            self.pool.put_nowait(conn)
         return request
 
 
@@ -341,9 +327,9 @@ def handlers(lean: Lean) -> grpc.GenericRpcHandler:
 
 
 async def serve(port: int, url: str, size: int) -> None:
-    lean, floor = Lean(url, size), Floor(url, size)
+    lean, floor = Lean(url, size), Floor(Lean(url, size, autocommit=True))
     await lean.open()
-    await floor.open()
+    await floor.pool.open()
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handlers(lean), floor_handlers(floor)))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
@@ -358,7 +344,7 @@ async def serve(port: int, url: str, size: int) -> None:
     finally:
         await server.stop(0.5)
         await lean.close()
-        await floor.close()
+        await floor.pool.close()
 
 
 def main(argv: list[str] | None = None) -> None:
