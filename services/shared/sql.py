@@ -122,10 +122,12 @@ def begin_with_first_statement(conn: AsyncConnection) -> None:
     _unbegun.add(driver(conn))
 
 
-def forget_begin(driver_connection: Any) -> None:
-    """The write transaction on this psycopg connection has ended: its BEGIN, if it
-    never went out, is not for whoever takes the connection next."""
+def forget(conn: AsyncConnection, driver_connection: Any) -> None:
+    """The transaction on `conn` (over psycopg's `driver_connection`) has ended: its
+    BEGIN, if it never went out, and the scope named for it (with whatever it had
+    still to send) are not for whoever takes the connection next."""
     _unbegun.discard(driver_connection)
+    _scopes.pop(conn, None)
 
 
 def _take_begin(driver_connection: Any) -> bool:
@@ -292,10 +294,11 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
     See the module docstring. The statements run in order; the first that fails
     stops the rest (in a transaction it would abort them anyway).
     """
-    cursor = psycopg.AsyncClientCursor(raw, row_factory=row_factory)
     state = _prepared.get(raw)
     if state is None:
         state = _prepared[raw] = _Prepared(Transformer(raw))
+    cursor = state.cursors.pop(row_factory, None) or psycopg.AsyncClientCursor(
+        raw, row_factory=row_factory)
     parts: list[str] = []
     wanted: set[int] = set()  # the indexes in the results of the statements' own results
     preparing: dict[str, str] = {}
@@ -333,7 +336,13 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
         if index in wanted:
             found.append(await cursor.fetchall() if cursor.description else [])
         cursor.nextset()
+    state.cursors[row_factory] = cursor  # a round trip that failed drops its cursor
     return found
+
+
+def closed(driver_connection: Any) -> None:
+    """The psycopg connection is closing: what it prepared goes with it."""
+    _prepared.pop(driver_connection, None)
 
 
 def _bound(cursor: Any, state: _Prepared, sql_text: str, params: Params, *,
@@ -361,6 +370,9 @@ class _Prepared:
     quoting: psycopg_abc.Transformer
     names: dict[str, str] = field(default_factory=dict)
     prepares: int = 0
+    # A cursor per row factory, free for the next round trip: a new one would look
+    # up the loaders of every result's columns afresh.
+    cursors: dict[Any, psycopg.AsyncClientCursor[Any]] = field(default_factory=dict)
 
     def execute(self, name: str, plan: _Plan, params: Params) -> str:
         """`EXECUTE name(…)` with `params` as literals, in the prepared order."""
@@ -382,8 +394,9 @@ _PARAM = re.compile(r"%\((\w+)\)s|%%")
 _PREPARABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
 _SCALARS = (str, int, float, bool, bytes, datetime, Decimal, type(None))
 _plans: dict[str, _Plan | None] = {}
-# Per psycopg connection: what it has prepared.
-_prepared: weakref.WeakKeyDictionary[Any, _Prepared] = weakref.WeakKeyDictionary()
+# Per psycopg connection: what it has prepared. Not held weakly: its quoting and
+# cursors hold the connection, so it would never go; `closed` lets it go.
+_prepared: dict[Any, _Prepared] = {}
 _names = itertools.count()
 # The most PREPAREs one connection sends; statements past them are sent as they are.
 MOST_PREPARED = 256

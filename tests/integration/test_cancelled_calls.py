@@ -35,5 +35,5 @@ async def test_creates_cancelled_at_any_point_leave_the_next_write_answered(
         assert lead.lead_id
         assert all(isinstance(o, leads_pb.Lead | asyncio.CancelledError) for o in outcomes)
     # The abandoned transactions finish on their own and give their connections back.
-    pool = leads_server.runtime.storage.db.engine.pool
-    await wait_until(lambda: pool.checkedout() == 0, within=20)
+    db = leads_server.runtime.storage.db
+    await wait_until(lambda: db.connections_in_use() == 0, within=20)
