@@ -114,7 +114,7 @@ class Database:
         # transactions, the one given back last on top (see `_lease`).
         self._idle: list[AsyncConnection] = []
         self._keep = pool_size
-        self._waiting = 0  # callers waiting for the engine's pool (see `_lease`)
+        self._retired: weakref.WeakSet[AsyncConnection] = weakref.WeakSet()  # see `retire`
         self._disposed = False
 
     @property
@@ -142,6 +142,7 @@ class Database:
                 yield conn
             return
         conn = await self._lease()
+        raw = None
         try:
             # psycopg sends no BEGIN of its own here: it is kept in autocommit mode.
             # A read needs no BEGIN and ROLLBACK, two round trips of their own:
@@ -177,7 +178,7 @@ class Database:
                     with contextlib.suppress(psycopg.Error):
                         await raw.rollback()
         finally:
-            await self._give_back(conn)
+            await self._give_back(conn, raw)
 
     async def _lease(self) -> AsyncConnection:
         """A connection for one transaction on PostgreSQL: one kept from an earlier
@@ -188,39 +189,49 @@ class Database:
         transaction here, more than the round trip a read makes; taking a kept
         connection off a list costs next to nothing. The engine's pool still
         bounds how many connections are open and how long a caller waits for one
-        (`pool_timeout`): a kept connection counts as checked out of it, and while
-        anyone waits in the pool, connections go back to it rather than being kept.
+        (`pool_timeout`): a kept connection counts as checked out of it. Connections
+        are kept only while the pool is within its size, so a burst's overflow
+        connections go back to it and are closed there as before, and a caller
+        waiting for the pool (which only happens in overflow) gets the next one.
         """
         if self._idle:
             return self._idle.pop()
-        self._waiting += 1
-        try:
-            return await self.engine.connect()
-        finally:
-            self._waiting -= 1
+        return await self.engine.connect()
 
-    async def _give_back(self, conn: AsyncConnection) -> None:
-        """Keep `conn` for the next transaction if it is as a new one would be: open,
-        in autocommit mode, no transaction open on the server, nobody's BEGIN or scope
-        pending (`sql.forget`); else hand it back to the engine's pool, which rolls
-        back or drops it as it does every connection given back.
+    async def _give_back(self, conn: AsyncConnection, raw: Any) -> None:
+        """Keep `conn` (over psycopg's `raw`) for the next transaction if it is as a
+        new one would be: open, in autocommit mode, no transaction open on the server,
+        nobody's BEGIN or scope pending (`sql.forget`), and the pool within its size;
+        else hand it back to the engine's pool, which rolls back or drops it as it
+        does every connection given back.
 
-        A connection the server dropped says that the others may be gone too (a
-        restart, a partition): the kept ones go back and are checked for it then.
+        A connection the server dropped (psycopg: broken, not closed on purpose)
+        says that the others may be gone too (a restart, a partition): the kept ones
+        are closed as well, and the next transaction opens a new one rather than
+        meeting each dead one in turn.
         """
-        raw = None if conn.invalidated or conn.closed else sql.driver(conn)
-        if (raw is not None and not self._disposed and not self._waiting
+        if (raw is not None and not self._disposed and not conn.invalidated
+                and not conn.closed and conn not in self._retired
                 and len(self._idle) < self._keep
+                and self.engine.pool.overflow() <= 0  # type: ignore[attr-defined]
                 and not conn.in_transaction() and raw.autocommit and not raw.closed
                 and raw.info.transaction_status == _IDLE):
             self._idle.append(conn)
             return
-        if raw is None or raw.closed or raw.broken:
+        broken = raw is not None and raw.broken
+        if broken:
             await self._let_go_of_kept(invalidate=True)
-            if not conn.invalidated:
-                await conn.invalidate()  # closed quietly, not rolled back by the pool first
+        if (broken or self._disposed or conn in self._retired) and not conn.invalidated:
+            # Closed, not pooled: not rolled back by the pool first, and not left
+            # open in a pool that was disposed of.
+            await conn.invalidate()
         # Closed as `async with` closes it: to completion, even if cancelled meanwhile.
         await conn.__aexit__(None, None, None)
+
+    def retire(self, conn: AsyncConnection) -> None:
+        """`conn` must not be kept when its transaction ends: something other than
+        the transaction's own task may still hold it (a group's members)."""
+        self._retired.add(conn)
 
     async def _let_go_of_kept(self, *, invalidate: bool) -> None:
         """Hand the kept connections back to the engine's pool; `invalidate`: to be
@@ -318,6 +329,13 @@ def _configure_postgres(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "close")
     def closed(dbapi_connection: Any, _record: Any) -> None:
         # Dropped by the pool: an overflow given back, one invalidated, or disposed.
+        if dbapi_connection is not None:
+            sql.closed(dbapi_connection.driver_connection)
+
+    @event.listens_for(engine.sync_engine, "close_detached")
+    def closed_detached(dbapi_connection: Any) -> None:
+        # One the pool let go of without closing it through its books (collected
+        # before it was given back).
         if dbapi_connection is not None:
             sql.closed(dbapi_connection.driver_connection)
 

@@ -83,7 +83,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,6 +259,17 @@ class GroupCommit:
                 asyncio.get_running_loop().create_task(self._run(members),
                                                        name="group-commit")
 
+    @contextlib.contextmanager
+    def _retired_if_broken(self, conn: AsyncConnection) -> Iterator[None]:
+        """A group that breaks off (a failure, a cancellation) may leave a member
+        with a statement in flight on its connection: not one to keep for the next
+        transaction."""
+        try:
+            yield
+        except BaseException:
+            self.db.retire(conn)
+            raise
+
     async def _run(self, members: list[_Member]) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -266,25 +277,26 @@ class GroupCommit:
         group: _Group | None = None
         try:
             async with self.db.transaction(write=True) as conn:
-                group = _Group(conn, done)
-                for member in members:
-                    if member.turn.done():
-                        continue  # cancelled while it waited
+                with self._retired_if_broken(conn):
+                    group = _Group(conn, done)
+                    for member in members:
+                        if member.turn.done():
+                            continue  # cancelled while it waited
+                        if group.broken:
+                            member.turn.set_exception(GroupFailed("the group broke off"))
+                            continue
+                        group.handed.clear()
+                        member.turn.set_result(group)
+                        await group.handed.wait()
+                        if sql.driver(conn).broken:
+                            group.broken = True  # the connection is gone: so is the group
                     if group.broken:
-                        member.turn.set_exception(GroupFailed("the group broke off"))
-                        continue
-                    group.handed.clear()
-                    member.turn.set_result(group)
-                    await group.handed.wait()
-                    if sql.driver(conn).broken:
-                        group.broken = True  # the connection is gone: so is the group
-                if group.broken:
-                    raise GroupFailed("a member was cancelled mid-statement")
-                if not group.after and sql.driver(conn).info.transaction_status == INERROR:
-                    # COMMIT would roll back without a word: the members must not
-                    # be told their work committed.
-                    raise GroupFailed("the group's transaction failed")
-                await sql.batch(conn, group.after, commit=True)
+                        raise GroupFailed("a member was cancelled mid-statement")
+                    if not group.after and sql.driver(conn).info.transaction_status == INERROR:
+                        # COMMIT would roll back without a word: the members must not
+                        # be told their work committed.
+                        raise GroupFailed("the group's transaction failed")
+                    await sql.batch(conn, group.after, commit=True)
             done.set_result(None)
         except BaseException as error:
             _fail(done, members, error)

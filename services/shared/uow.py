@@ -272,6 +272,7 @@ class UnitOfWork:
         # PostgreSQL writes: its place with the process's committer (group commit).
         self._seat: group_commit.Seat | None = None
         self._used = False
+        self._committed = False  # through a seat: its connection is no longer its own
 
     # -- the transaction --------------------------------------------------------------
 
@@ -325,6 +326,8 @@ class UnitOfWork:
     async def connection(self) -> AsyncConnection:
         """The transaction's connection, taken on first use."""
         if self._conn is None:
+            if self._committed:
+                raise RuntimeError("this unit of work has committed: make another for more")
             if self._stack is None:
                 raise RuntimeError("use a unit of work inside `async with uow.for_caller(…)`")
             committer = group_commit.committer(self.storage.db) if self._write else None
@@ -412,6 +415,9 @@ class UnitOfWork:
             try:
                 if self._seat is not None:
                     await self._seat.commit(statements)
+                    # A group's connection goes to the next transaction once the
+                    # group has committed: nothing more of this one may run on it.
+                    self._conn, self._committed = None, True
                 else:
                     await sql.batch(conn, statements, commit=True)
             except sql.GuardFailed as failed:

@@ -311,3 +311,16 @@ async def test_a_member_whose_write_fails_in_the_database_is_rolled_back_alone(
     assert await trail(server, first.lead_id) == await trail(server, last.lead_id) == 1
     assert await trail(server, stale_one.lead_id) == 1  # the move before, not the stale one
     assert (await stub.GetLead(pb.GetLeadRequest(lead_id=stale_one.lead_id))).version == 2
+
+
+async def test_a_unit_of_work_sends_nothing_once_its_seat_has_committed(
+    server: RunningService,
+) -> None:
+    # Its connection may be the next transaction's by then (a group's is given back
+    # as soon as the group commits), in whatever org that one runs.
+    uow = server.runtime.units()
+    async with uow.for_caller(ALICE):
+        await uow.connection()
+        await uow.commit()
+        with pytest.raises(RuntimeError, match="committed"):
+            await uow.connection()

@@ -64,20 +64,49 @@ async def test_a_kept_connection_carries_no_scope_into_the_next_transaction(
         assert [row.value for row in await sql.fetch(conn, READ_ORG, {})] in ([None], [""])
 
 
-async def test_connections_are_kept_up_to_the_pool_size_and_none_stays_in_use(
+async def test_a_bursts_overflow_is_closed_and_connections_are_kept_within_the_pool_size(
     postgres_url: str,
 ) -> None:
-    db = Database(postgres_url, pool_size=2)
+    db = Database(postgres_url, pool_size=2)  # and two in overflow
+    pool = db.engine.pool
     try:
-        async def hold() -> None:
+        async def hold() -> Any:
             async with db.transaction(write=True) as conn:
                 await sql.fetch(conn, text("SELECT pg_sleep(0.05)"), {})
-        await asyncio.gather(*(hold() for _ in range(4)))  # four at once: two over the pool
+                return sql.driver(conn)
+        burst = set(await asyncio.gather(*(hold() for _ in range(4))))  # two over the pool
+        assert len(burst) == 4
         assert db.connections_in_use() == 0
-        assert db.engine.pool.checkedout() == 2  # type: ignore[attr-defined]  # kept
+        # The overflow went back to the pool and was closed there, as without keeping.
+        assert pool.overflow() <= 0  # type: ignore[attr-defined]
+        assert sum(1 for raw in burst if not raw.closed) == 2
+        # Within its size, the pool's connections are kept, and taken again.
+        first, again = await hold(), await hold()
+        assert first is again and first in burst
+        assert pool.checkedout() == 1 and db.connections_in_use() == 0  # type: ignore[attr-defined]
     finally:
         await db.dispose()
-    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_retired_connection_is_not_kept(db: Database) -> None:
+    async with db.transaction(write=True) as conn:
+        retired = sql.driver(conn)
+        db.retire(conn)  # (a group's, whose members may still hold it)
+    assert retired.closed
+    async with db.transaction(write=False) as conn:
+        assert sql.driver(conn) is not retired
+
+
+async def test_a_transaction_open_when_the_database_is_disposed_of_closes_its_connection(
+    postgres_url: str,
+) -> None:
+    db = Database(postgres_url, pool_size=1)
+    async with db.transaction(write=False) as conn:
+        await sql.fetch(conn, text("SELECT 1 AS one"), {})
+        raw = sql.driver(conn)
+        await db.dispose()
+    assert raw.closed  # not left open, and never to be freed, in the pool disposed of
 
 
 async def test_once_the_server_drops_a_connection_the_kept_ones_are_let_go(
