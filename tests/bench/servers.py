@@ -22,7 +22,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -33,6 +32,7 @@ import aiohttp
 import psycopg
 
 from services.shared.healthcheck import serving
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("leads", "bookings", "messaging")
@@ -52,37 +52,6 @@ def make_tokens() -> dict[str, str]:
 
 def tokens_env(tokens: Mapping[str, str]) -> str:
     return ",".join(f"{principal}:{token}" for principal, token in tokens.items())
-
-
-def free_port() -> int:
-    """A port nothing listens on, for a server started next. Picked below the
-    kernel's ephemeral range: one the kernel handed out (bind to port 0) and that
-    was let go may become, before the server binds it, the source port of any
-    outbound connection (the services' own to PostgreSQL), and the server would
-    then fail to start with EADDRINUSE."""
-    low = _ephemeral_ports_start()
-    if low - _LISTEN_PORTS_START >= 1000:
-        for _ in range(200):
-            port = _LISTEN_PORTS_START + secrets.randbelow(low - _LISTEN_PORTS_START)
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    with socket.socket() as probe:  # no room below it: the kernel's choice
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-_LISTEN_PORTS_START = 10000
-
-
-def _ephemeral_ports_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
 
 
 def cpu_seconds(pid: int) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -18,17 +17,13 @@ from pathlib import Path
 
 import psycopg
 
+from tests.support.ports import free_port
+
 BINARIES = Path("/usr/lib/postgresql/15/bin")
 
 
 def available() -> bool:
     return (BINARIES / "initdb").is_file() and (os.geteuid() != 0 or shutil.which("runuser"))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PrivateCluster:
@@ -41,7 +36,7 @@ class PrivateCluster:
         self.settings = list(settings)
         # A network (CIDR) whose hosts may connect, besides loopback.
         self.clients = clients
-        self.port = _free_port()
+        self.port = free_port()
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.root, "postgres")
 

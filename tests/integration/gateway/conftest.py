@@ -57,12 +57,6 @@ def unused_target() -> str:
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def backend() -> str:
     return "sqlite"

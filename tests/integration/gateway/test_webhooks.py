@@ -18,7 +18,6 @@ from tests.integration.gateway.conftest import (
     TWILIO_TOKEN,
     Client,
     StartGateway,
-    free_port,
     spec_of,
 )
 from tests.integration.gateway.support import (
@@ -28,6 +27,7 @@ from tests.integration.gateway.support import (
     new_key,
     request,
 )
+from tests.support.ports import free_port
 from tests.support.servers import TOKENS, start_in_process
 from tests.support.twilio_double import TwilioDouble
 

@@ -1,4 +1,4 @@
-"""The bench picks its servers' ports below the kernel's ephemeral range, where no
+"""The tests and the bench pick their servers' ports below the kernel's ephemeral range, where no
 outbound connection can take one between the pick and the server's bind."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.bench.servers import free_port
+from tests.support.ports import free_port
 
 
 def test_a_picked_port_is_below_the_ephemeral_range_and_free() -> None:
