@@ -9,6 +9,14 @@ UNAVAILABLE with backoff within the deadline.
 The lookup is made on behalf of the caller, in its org: the service's own
 credentials, with the caller's org in `x-crm-org` (honoured from a service
 only). Another org's lead is LEAD_NOT_FOUND, as a missing one.
+
+A lead's contact (its id, name and number) is kept once found, per org, for the
+`KEPT` leads looked up most recently: the next text to the same lead asks the
+leads service nothing. That is exact, not a guess, because the contract gives a
+lead's name and number no way to change and a lead no way to go (crm.leads.v1
+has no edit or delete; the statuses are all a lead's changes). An RPC that edits
+or erases a lead must come with this kept copy fed by the leads service's events
+(or dropped). A missing lead is never kept: it may be created a moment later.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from crm.leads.v1 import leads_pb2, leads_pb2_grpc
 from services.shared import errors, validation
 from services.shared.auth import ORG_METADATA
 from services.shared.context import maybe_call
+from services.shared.kept import Kept
+
+# The contacts kept, per org (a few hundred bytes each).
+KEPT = 8192
 
 
 class LeadNotFound(errors.NotFound):
@@ -42,12 +54,17 @@ class LeadContact:
 
 
 class LeadLookup:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, kept: int = KEPT) -> None:
         self._leads = leads_pb2_grpc.LeadsServiceStub(channel)
+        self._kept: Kept[tuple[str, str], LeadContact] = Kept(kept)
 
     async def get(self, lead_id: str, *, deadline_seconds: float | None) -> LeadContact:
         validation.identifier(lead_id, "lead_id")
         call = maybe_call()
+        # Kept only for a caller's lookups, which name the org they are made in.
+        key = None if call is None else (call.caller.org, lead_id)
+        if key is not None and (found := self._kept.get(key)) is not None:
+            return found
         metadata = (("x-request-id", call.request_id), (ORG_METADATA, call.caller.org)
                     ) if call else ()
         try:
@@ -63,4 +80,7 @@ class LeadLookup:
             raise LeadsUnavailable(
                 f"the leads service could not answer ({error.code().name})", retry_after=1.0
             ) from error
-        return LeadContact(lead.lead_id, lead.name, lead.phone)
+        contact = LeadContact(lead.lead_id, lead.name, lead.phone)
+        if key is not None:
+            self._kept.put(key, contact)
+        return contact

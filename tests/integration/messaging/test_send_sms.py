@@ -161,3 +161,31 @@ async def test_the_history_pages_newest_first(messaging: Stub, lead: leads_pb2.L
         lead_id=lead.lead_id, page_size=3, page_token=first.next_page_token))
     assert [m.body for m in [*first.messages, *rest.messages]] == bodies[::-1]
     assert rest.next_page_token == ""
+
+
+async def test_a_leads_number_once_found_is_not_asked_of_the_leads_service_again(
+    messaging: Stub, lead: leads_pb2.Lead, leads_for_messaging: RunningService,
+    twilio: TwilioDouble,
+) -> None:
+    await send(messaging, lead.lead_id, "First")
+    await leads_for_messaging.stop(grace=0, drain=0)
+    again = await send(messaging, lead.lead_id, "Second")
+    assert again.to == LEAD_PHONE and again.status == pb.MESSAGE_STATUS_QUEUED
+    assert [m.body for m in twilio.sent_to(LEAD_PHONE)] == ["First", "Second"]
+    with pytest.raises(grpc.aio.AioRpcError) as failed:  # the leads service is down indeed
+        await send(messaging, "00000000-0000-4000-8000-000000000000", "Third")
+    assert (failed.value.code(), refusal(failed.value).reason) == (grpc.StatusCode.UNAVAILABLE,
+                                                                   "LEADS_UNAVAILABLE")
+
+
+async def test_a_lead_found_for_one_org_is_not_found_for_another(
+    messaging_server: RunningService, lead: leads_pb2.Lead, twilio: TwilioDouble,
+    channel_for: Callable[..., grpc.aio.Channel],
+) -> None:
+    await send(Stub(channel_for(messaging_server.target)), lead.lead_id, "For alice's org")
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await send(Stub(channel_for(messaging_server.target, "carol@acme")), lead.lead_id,
+                   "From another org")
+    assert (failed.value.code(), refusal(failed.value).reason) == (grpc.StatusCode.NOT_FOUND,
+                                                                   "LEAD_NOT_FOUND")
+    assert [m.body for m in twilio.sent_to(LEAD_PHONE)] == ["For alice's org"]
