@@ -17,6 +17,7 @@ check sees the winner and the refusal names it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -107,6 +108,9 @@ class SlotRaced(RunAgain):
     """The exclusion constraint refused a confirm whose check saw the slot free."""
 
 
+# What kept appointments are filed under (services.shared.uow, "Kept rows").
+KIND = "appointment"
+
 # The hot statements, built once (see services.shared.sql).
 _a = appointments.c
 INSERT_APPOINTMENT = insert(appointments)
@@ -185,19 +189,40 @@ class SqlAppointmentRepository:
         self.seen[appointment.appointment_id] = appointment
 
     async def get(self, appointment_id: str, *, for_update: bool = False) -> Appointment:
+        """The appointment; to change (`for_update`), locked, or its kept copy where
+        the unit of work may write from one (services.shared.uow, "Kept rows")."""
+        if for_update and (kept := self._kept(appointment_id)) is not None:
+            return kept
         locking = for_update and self.uow.postgres
         query = SELECT_APPOINTMENT_FOR_UPDATE if locking else SELECT_APPOINTMENT
         rows = await self.uow.read(query, {"appointment_id": appointment_id, "org": self.uow.org})
         if not rows:
             raise AppointmentNotFound(appointment_id)
         found = self.seen[appointment_id] = _appointment(rows[0])
+        if not self.uow.writing:  # read as committed: keep it for a write to start from
+            self.uow.keep(KIND, appointment_id, replace(found, events=[]))
+        return found
+
+    def _kept(self, appointment_id: str) -> Appointment | None:
+        kept = self.uow.kept_row(KIND, appointment_id)
+        if kept is None:
+            return None
+        found: Appointment = replace(kept, events=[])
+        self.seen[appointment_id] = found
         return found
 
     async def get_to_confirm(self, appointment_id: str
                              ) -> tuple[Appointment, list[Appointment]]:
         """The appointment, locked for update, and the agent's confirmed appointments
         that overlap its slot, earliest first: what a confirm decides on. On
-        PostgreSQL both reads go out in one round trip, the second after the lock."""
+        PostgreSQL both reads go out in one round trip, the second after the lock.
+
+        From a kept copy (services.shared.uow, "Kept rows") nothing is read: the
+        agent's other confirmed appointments are left to the exclusion constraint,
+        which refuses an overlapping confirm at commit (SlotRaced), and the call
+        then runs again, reading them."""
+        if (kept := self._kept(appointment_id)) is not None:
+            return kept, []
         key = {"appointment_id": appointment_id, "org": self.uow.org}
         query = SELECT_APPOINTMENT_FOR_UPDATE if self.uow.postgres else SELECT_APPOINTMENT
         found, overlapping = await self.uow.read_many([
@@ -295,6 +320,10 @@ class SqlBookingsUnitOfWork(UnitOfWork):
     def recorded_events(self) -> Iterator[AppointmentEvent]:
         for appointment in self.appointments.seen.values():
             yield from appointment.pull_events()
+
+    def committed_rows(self) -> Iterator[tuple[str, str, Appointment]]:
+        for appointment in self.appointments.seen.values():
+            yield KIND, appointment.appointment_id, replace(appointment, events=[])
 
     async def commit(self, outcome: object = None) -> None:
         try:

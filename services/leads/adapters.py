@@ -7,6 +7,7 @@ Every row names its org, and every statement names the unit of work's org
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -96,6 +97,9 @@ def _change(row: Row[Any]) -> StatusChange:
     )
 
 
+# What kept leads are filed under (services.shared.uow, "Kept rows").
+KIND = "lead"
+
 # The hot statements, built once (see services.shared.sql).
 INSERT_LEAD = insert(leads)
 UPDATE_LEAD = update(leads).where(
@@ -124,11 +128,19 @@ class SqlLeadRepository:
         self.seen[lead.lead_id] = lead
 
     async def get(self, lead_id: str, *, for_update: bool = False) -> Lead:
+        """The lead; to change (`for_update`), locked, or its kept copy where the unit
+        of work may write from one (services.shared.uow, "Kept rows")."""
+        if for_update and (kept := self.uow.kept_row(KIND, lead_id)) is not None:
+            lead: Lead = replace(kept, events=[])
+            self.seen[lead_id] = lead
+            return lead
         query = SELECT_LEAD_FOR_UPDATE if for_update and self.uow.postgres else SELECT_LEAD
         rows = await self.uow.read(query, {"lead_id": lead_id, "org": self.uow.org})
         if not rows:
             raise LeadNotFound(lead_id)
         lead = self.seen[lead_id] = _lead(rows[0])
+        if not self.uow.writing:  # read as committed: keep it for a write to start from
+            self.uow.keep(KIND, lead_id, replace(lead, events=[]))
         return lead
 
     async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]:
@@ -194,3 +206,7 @@ class SqlLeadsUnitOfWork(UnitOfWork):
     def recorded_events(self) -> Iterator[LeadEvent]:
         for lead in self.leads.seen.values():
             yield from lead.pull_events()
+
+    def committed_rows(self) -> Iterator[tuple[str, str, Lead]]:
+        for lead in self.leads.seen.values():
+            yield KIND, lead.lead_id, replace(lead, events=[])

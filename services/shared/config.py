@@ -250,6 +250,9 @@ class Settings:
     db_pool_size: int = 10
     # PostgreSQL: the most write calls one commit carries; 0 or 1: each alone.
     group_commit: int = 32
+    # PostgreSQL: the rows a process keeps to write from without reading them first
+    # (services.shared.uow, "Kept rows"); 0: none, every write reads first.
+    kept_rows: int = 8192
     default_region: str = "US"
     metrics_port: int | None = None
     tls: TLS = TLS(None, None, None)
@@ -299,6 +302,7 @@ class Settings:
             bind_host=env.str("CRM_BIND_HOST", "127.0.0.1"),
             db_pool_size=env.get("CRM_DB_POOL_SIZE", integer(1, 100), 10),
             group_commit=env.get("CRM_GROUP_COMMIT", integer(0, 60), 32),
+            kept_rows=env.get("CRM_KEPT_ROWS", integer(0, 1_000_000), 8192),
             default_region=env.get("CRM_DEFAULT_REGION", region, "US"),
             metrics_port=env.get("CRM_METRICS_PORT", integer(0, 65535), None),
             tls=tls,

@@ -39,3 +39,9 @@ GROUP_COMMIT_CALLS = Histogram(
     ["service"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+KEPT_ROWS = Counter(
+    "crm_kept_rows_total",
+    "PostgreSQL writes from a kept row, by outcome: written, or misread (the row had "
+    "changed; the call ran again reading it).",
+    ["service", "outcome"],
+)

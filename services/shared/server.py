@@ -62,6 +62,7 @@ from services.shared.events import EventFeed, EventLog, purge_cutoff
 from services.shared.idempotency import IdempotencyStore
 from services.shared.interceptor import CallInterceptor
 from services.shared.jwts import accepted_tokens
+from services.shared.kept import Kept
 from services.shared.limits import StreamLimits
 from services.shared.runtime import ServiceRuntime
 from services.shared.schema import SharedTables
@@ -194,7 +195,8 @@ async def _assemble(spec: ServiceSpec[U], settings: Settings,
     resources.push_async_callback(feed.close)
     metrics.SUBSCRIBERS.labels(spec.name).set_function(lambda: feed.subscribers)
     keys = IdempotencyStore(spec.tables, ttl_seconds=settings.idempotency_ttl, postgres=postgres)
-    storage = Storage(service=spec.name, db=db, log=event_log, feed=feed, keys=keys)
+    storage = Storage(service=spec.name, db=db, log=event_log, feed=feed, keys=keys,
+                      rows=Kept(settings.kept_rows if postgres else 0))
     units = Units(storage, functools.partial(spec.uow_class, events=spec.events))
     return ServiceRuntime(name=spec.name, settings=settings, storage=storage, units=units)
 

@@ -42,6 +42,28 @@ itself across every org (the recovery sweep) enters `for_system()` instead.
 A final refusal is stored under the key too, in a transaction of its own, by
 `Units.run` (the entrypoint's runner): the refused use case's own transaction
 is rolled back.
+
+Kept rows (PostgreSQL). A write that reads its row first (UpdateLeadStatus,
+ConfirmAppointment) spends a round trip on the read before its commit's. So a
+process keeps the rows it has seen committed (`keep`: what its reads returned,
+what its commits wrote; `Storage.rows`, CRM_KEPT_ROWS of them, per org, the
+least recently used dropped first), and the first attempt of a call may write
+from its kept copy instead (`kept_row`): the use case decides on it exactly as
+on a row it read, and its writes go out with the commit, in one round trip with
+the key's claim. It is sound because every change of such a row raises its
+version and every write of one is guarded by the version it started from: a
+kept copy that is no longer the row's (another replica, or an operator, changed
+it) changes no row, nothing commits, and the call runs again at once, reading
+(`Misread`). Whatever else the first attempt ends in, a refusal included, it is
+not answered either: a refusal may rest on the stale copy, so the call runs
+again reading, and answers what that finds. What it costs: a copy that is not
+current costs that call a round trip more than reading would have (a
+`crm_kept_rows_total{outcome="misread"}`), so a lead moved through one replica
+after another gains nothing; and a ConfirmAppointment written from a kept copy
+leaves the check of the agent's other confirmed appointments to the exclusion
+constraint that referees racing confirms anyway (a conflict runs the call again,
+reading, and that answers SLOT_TAKEN as before). SQLite, one writer whose reads
+are function calls, keeps none.
 """
 
 from __future__ import annotations
@@ -72,6 +94,7 @@ from services.shared.idempotency import (
     claim_failed,
     lock_of,
 )
+from services.shared.kept import Kept
 
 T = TypeVar("T")
 U = TypeVar("U", bound="UnitOfWork")
@@ -92,6 +115,9 @@ class Storage:
     log: EventLog
     feed: EventFeed
     keys: IdempotencyStore
+    # PostgreSQL: the rows committed that writes may start from (see "Kept rows"),
+    # by (org, kind, id); none kept on SQLite.
+    rows: Kept[tuple[str, str, str], Any] = dataclasses.field(default_factory=lambda: Kept(0))
 
     @property
     def postgres(self) -> bool:
@@ -107,6 +133,13 @@ class ConcurrentChange(errors.Aborted):
 
 class ClaimAtOnce(RunAgain):
     """A claim sent ahead found its key not free: the call runs again at once."""
+
+    at_once = True
+
+
+class Misread(RunAgain):
+    """An attempt that started from a kept row did not succeed: the row may have
+    changed, so the call runs again at once, reading it (see "Kept rows")."""
 
     at_once = True
 
@@ -273,6 +306,10 @@ class UnitOfWork:
         self._seat: group_commit.Seat | None = None
         self._used = False
         self._committed = False  # through a seat: its connection is no longer its own
+        # Whether this attempt may start from kept rows (set by `Units.attempt`), and
+        # the keys of those it did.
+        self.speculate = False
+        self._served: list[tuple[str, str, str]] = []
 
     # -- the transaction --------------------------------------------------------------
 
@@ -306,6 +343,11 @@ class UnitOfWork:
         stack, self._stack, self._conn, self._seat = self._stack, None, None, None
         if stack is not None:
             await stack.__aexit__(*exc_info)  # rolls back whatever was not committed
+
+    @property
+    def writing(self) -> bool:
+        """Whether this unit of work may write (else a read-only transaction)."""
+        return self._write
 
     @property
     def org(self) -> str:
@@ -349,6 +391,55 @@ class UnitOfWork:
         """Note the key this call takes; False if a call of its group holds it."""
         seat = self._seat
         return seat is None or seat.take_key(lock_of(self.caller, key))
+
+    # -- kept rows ----------------------------------------------------------------------
+
+    def kept_row(self, kind: str, row_id: str) -> Any | None:
+        """A committed copy of the row to write from instead of reading it, if this
+        attempt may (see "Kept rows") and this process keeps one: the repository's
+        to copy before it changes it."""
+        if not (self.speculate and self._write):
+            return None
+        key = (self.org, kind, row_id)
+        found = self.storage.rows.get(key)
+        if found is not None:
+            self._served.append(key)
+        return found
+
+    @property
+    def speculated(self) -> bool:
+        """Whether this attempt started from a kept row."""
+        return bool(self._served)
+
+    def keep(self, kind: str, row_id: str, row: Any) -> None:
+        """Keep a committed copy of a row (with its `version`), unless a newer one is
+        kept: a read that returns after a write of this process has committed must not
+        put the older version back."""
+        rows = self.storage.rows
+        if not rows.most:
+            return
+        key = (self.org, kind, row_id)
+        kept = rows.get(key)
+        if kept is None or kept.version <= row.version:
+            rows.put(key, row)
+
+    def committed_rows(self) -> Iterable[tuple[str, str, Any]]:
+        """(kind, id, copy) of the rows this unit of work has seen, as its commit left
+        them: kept once it has committed. Services whose writes start from kept rows
+        say which."""
+        return ()
+
+    def _keep_committed(self) -> None:
+        for kind, row_id, row in self.committed_rows():
+            self.keep(kind, row_id, row)
+        if self._served:
+            metrics.KEPT_ROWS.labels(self.storage.service, "written").inc()
+
+    def misread(self) -> None:
+        """The attempt did not succeed: the kept rows it started from are dropped."""
+        for key in self._served:
+            self.storage.rows.drop(key)
+        metrics.KEPT_ROWS.labels(self.storage.service, "misread").inc()
 
     # -- statements ---------------------------------------------------------------------
 
@@ -431,6 +522,8 @@ class UnitOfWork:
             await conn.commit()
         if stored is not None and self.keys.claimed is not None:
             self.storage.keys.remember(self.caller, self.keys.claimed, stored)
+        if self.storage.rows.most:
+            self._keep_committed()
         if records:
             metrics.EVENTS_WRITTEN.labels(self.storage.service).inc(len(records))
             self.storage.feed.announce()
@@ -459,13 +552,17 @@ class Units(Generic[U]):
 
         The first attempt claims its key ahead (`KeyStep.claim`); if the key was not
         free, the attempt is undone and the next claims at once, without a pause.
+        Attempts may start from kept rows until one that did fails ("Kept rows"):
+        the next runs at once, reading.
         """
         ahead = True
+        speculate = self.storage.rows.most > 0
 
         async def once() -> T:
-            nonlocal ahead
+            nonlocal ahead, speculate
             uow = self()
             uow.keys.ahead = ahead
+            uow.speculate = speculate
             try:
                 return await step(uow)
             except InvalidTextRepresentation as error:
@@ -473,6 +570,12 @@ class Units(Generic[U]):
                     raise
                 ahead = False
                 raise ClaimAtOnce("the key was not free: claim it at once") from error
+            except Exception as error:
+                if not uow.speculated:
+                    raise
+                speculate = False
+                uow.misread()
+                raise Misread(f"an attempt from a kept row failed: {error!r}"[:300]) from error
 
         return await retrying(once, time_remaining=time_remaining)
 

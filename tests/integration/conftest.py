@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from crm.leads.v1 import leads_pb2_grpc
 from services.bookings.bootstrap import SPEC as BOOKINGS
 from services.leads.bootstrap import SPEC as LEADS
 from services.messaging.bootstrap import SPEC as MESSAGING
+from services.shared import sql
 from services.shared.clients import idempotency, new_key
 from services.shared.db import Database
 from services.shared.server import RunningService
@@ -83,3 +85,17 @@ async def move(
         leads_pb.UpdateLeadStatusRequest(lead_id=lead_id, status=status, **fields),  # type: ignore[arg-type]
         metadata=idempotency(key or new_key()),
     )
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many statements each PostgreSQL round trip of this process sends."""
+    sent: list[int] = []
+    at_once = sql._at_once
+
+    async def counted(raw: Any, statements: Any, *rest: Any) -> Any:
+        sent.append(len(statements))
+        return await at_once(raw, statements, *rest)
+
+    monkeypatch.setattr(sql, "_at_once", counted)
+    return sent

@@ -1,0 +1,149 @@
+"""Writes from kept rows (services.shared.uow, "Kept rows"): on PostgreSQL a process
+moves a lead (confirms an appointment) it has seen committed without reading it
+first, and a kept copy that is no longer the row's changes nothing: the call runs
+again reading, and answers what that finds. A second replica on the same database
+changes rows behind the first one's back, as replicas do."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from crm.leads.v1 import leads_pb2 as pb
+from crm.leads.v1 import leads_pb2_grpc
+
+from services.leads.bootstrap import SPEC as LEADS
+from services.shared import metrics
+from services.shared.server import RunningService
+from tests.integration.conftest import create_lead, move
+from tests.support.rpc import refusal
+from tests.support.servers import start_in_process
+
+pytestmark = pytest.mark.postgres_only  # SQLite keeps no rows: one writer, reads are calls
+
+Stub = leads_pb2_grpc.LeadsServiceStub
+
+
+@pytest.fixture
+async def replica(service_env: dict[str, str]) -> AsyncIterator[RunningService]:
+    """A second leads process on the leads server's database."""
+    running = await start_in_process(LEADS, service_env)
+    yield running
+    await running.stop(grace=1, drain=0)
+
+
+@pytest.fixture
+def other(replica: RunningService, channel_for: Callable[..., grpc.aio.Channel]) -> Stub:
+    return Stub(channel_for(replica.target, "alice"))
+
+
+def misreads(service: str) -> float:
+    return metrics.KEPT_ROWS.labels(service, "misread")._value.get()  # type: ignore[no-any-return]
+
+
+async def test_a_move_of_a_lead_the_process_has_seen_is_one_round_trip(
+    leads: Stub, leads_server: RunningService, round_trips: list[int],
+) -> None:
+    first, second = await create_lead(leads), await create_lead(leads)
+    await move(leads, first.lead_id, pb.LEAD_STATUS_CONTACTED)  # the statements' first use
+    round_trips.clear()
+    moved = await move(leads, second.lead_id, pb.LEAD_STATUS_CONTACTED)
+    assert len(round_trips) == 1, round_trips
+    assert (moved.status, moved.version) == (pb.LEAD_STATUS_CONTACTED, 2)
+    leads_server.runtime.storage.rows._values.clear()  # as after a restart: nothing kept
+    round_trips.clear()
+    moved = await move(leads, second.lead_id, pb.LEAD_STATUS_QUALIFIED)
+    assert len(round_trips) == 2, round_trips  # the read, then the writes
+    assert (moved.status, moved.version) == (pb.LEAD_STATUS_QUALIFIED, 3)
+
+
+async def test_a_lead_moved_by_another_replica_is_read_again_and_moved_from_where_it_is(
+    leads: Stub, other: Stub,
+) -> None:
+    lead = await create_lead(leads)  # kept by this process at NEW, version 1
+    await move(other, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
+    before = misreads("leads")
+    moved = await move(leads, lead.lead_id, pb.LEAD_STATUS_QUALIFIED)
+    assert misreads("leads") == before + 1
+    assert (moved.status, moved.version) == (pb.LEAD_STATUS_QUALIFIED, 3)
+    trail = await leads.ListStatusChanges(pb.ListStatusChangesRequest(lead_id=lead.lead_id))
+    assert [(c.from_status, c.to_status, c.version) for c in trail.status_changes] == [
+        (pb.LEAD_STATUS_NEW, pb.LEAD_STATUS_CONTACTED, 2),
+        (pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_QUALIFIED, 3),
+    ]
+    again = await move(leads, lead.lead_id, pb.LEAD_STATUS_PROPOSAL_SENT)  # kept now: version 3
+    assert (again.version, misreads("leads")) == (4, before + 1)
+
+
+async def test_a_refusal_a_stale_copy_would_make_is_not_answered(
+    leads: Stub, other: Stub,
+) -> None:
+    """The client names the version it saw (2); the kept copy is at 1, which would be
+    VERSION_MISMATCH: the call reads the lead and moves it."""
+    lead = await create_lead(leads)
+    await move(other, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
+    moved = await move(leads, lead.lead_id, pb.LEAD_STATUS_QUALIFIED, expected_version=2)
+    assert (moved.status, moved.version) == (pb.LEAD_STATUS_QUALIFIED, 3)
+
+
+async def test_a_refusal_is_answered_from_the_lead_as_it_is(leads: Stub, other: Stub) -> None:
+    """The kept copy (NEW) would allow the move; the lead (QUALIFIED) does not."""
+    lead = await create_lead(leads)
+    await move(other, lead.lead_id, pb.LEAD_STATUS_QUALIFIED)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
+    refused = refusal(failed.value)
+    assert refused.reason == "INVALID_STATUS_TRANSITION"
+    assert "QUALIFIED" in str(failed.value.details()).upper()
+    current = await other.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id))
+    assert (current.status, current.version) == (pb.LEAD_STATUS_QUALIFIED, 2)
+
+
+async def test_a_lead_another_org_asks_for_is_not_found_though_it_is_kept(
+    leads: Stub, leads_server: RunningService, channel_for: Callable[..., grpc.aio.Channel],
+) -> None:
+    lead = await create_lead(leads)
+    acme = Stub(channel_for(leads_server.target, "carol@acme"))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await move(acme, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
+    assert refusal(failed.value).reason == "LEAD_NOT_FOUND"
+    current = await leads.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id))
+    assert (current.status, current.version) == (pb.LEAD_STATUS_NEW, 1)
+
+
+async def test_concurrent_moves_through_two_replicas_leave_one_unbroken_trail_a_lead(
+    leads: Stub, other: Stub,
+) -> None:
+    """Both replicas keep every lead and race to move them: each success is one link
+    of its lead's trail, whatever copy it started from."""
+    targets = [pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_QUALIFIED,
+               pb.LEAD_STATUS_PROPOSAL_SENT, pb.LEAD_STATUS_NEGOTIATING]
+    created = [await create_lead(leads) for _ in range(3)]
+    for lead in created:  # both replicas keep it: one moved it, the other read it
+        await move(other, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
+        await leads.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id))
+
+    async def attempt(stub: Stub, lead_id: str, status: int) -> tuple[str, int]:
+        try:
+            return lead_id, (await move(stub, lead_id, status)).version
+        except grpc.aio.AioRpcError as error:
+            assert refusal(error).reason in {"STATUS_UNCHANGED", "INVALID_STATUS_TRANSITION"}
+            return lead_id, 0
+
+    before = misreads("leads")
+    outcomes = await asyncio.gather(*(
+        attempt(stub, lead.lead_id, status)
+        for _ in range(3) for stub in (leads, other) for lead in created for status in targets))
+    assert misreads("leads") > before  # copies went stale under the racing calls
+    for lead in created:
+        versions = sorted(v for lead_id, v in outcomes if lead_id == lead.lead_id and v)
+        trail = (await leads.ListStatusChanges(
+            pb.ListStatusChangesRequest(lead_id=lead.lead_id))).status_changes
+        assert [c.version for c in trail] == [2, *versions]
+        assert all(a.to_status == b.from_status for a, b in itertools.pairwise(trail))
+        assert all(a.to_status < b.to_status for a, b in itertools.pairwise(trail))
+        current = await other.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id))
+        assert (current.version, current.status) == (trail[-1].version, trail[-1].to_status)
