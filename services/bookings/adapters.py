@@ -199,8 +199,7 @@ class SqlAppointmentRepository:
         if not rows:
             raise AppointmentNotFound(appointment_id)
         found = self.seen[appointment_id] = _appointment(rows[0])
-        if not self.uow.writing:  # read as committed: keep it for a write to start from
-            self.uow.keep(KIND, appointment_id, replace(found, events=[]))
+        self.uow.saw(KIND, appointment_id, replace(found, events=[]))
         return found
 
     def _kept(self, appointment_id: str) -> Appointment | None:
@@ -233,6 +232,7 @@ class SqlAppointmentRepository:
         if not found:
             raise AppointmentNotFound(appointment_id)
         appointment = self.seen[appointment_id] = _appointment(found[0])
+        self.uow.saw(KIND, appointment_id, replace(appointment, events=[]))
         return appointment, [_appointment(row) for row in overlapping]
 
     async def save(self, appointment: Appointment, change: AppointmentChange) -> None:

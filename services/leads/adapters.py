@@ -139,8 +139,7 @@ class SqlLeadRepository:
         if not rows:
             raise LeadNotFound(lead_id)
         lead = self.seen[lead_id] = _lead(rows[0])
-        if not self.uow.writing:  # read as committed: keep it for a write to start from
-            self.uow.keep(KIND, lead_id, replace(lead, events=[]))
+        self.uow.saw(KIND, lead_id, replace(lead, events=[]))
         return lead
 
     async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]:

@@ -62,11 +62,10 @@ from services.shared.events import EventFeed, EventLog, purge_cutoff
 from services.shared.idempotency import IdempotencyStore
 from services.shared.interceptor import CallInterceptor
 from services.shared.jwts import accepted_tokens
-from services.shared.kept import Kept
 from services.shared.limits import StreamLimits
 from services.shared.runtime import ServiceRuntime
 from services.shared.schema import SharedTables
-from services.shared.uow import EventMapper, Storage, UnitOfWork, Units
+from services.shared.uow import EventMapper, KeptRows, Storage, UnitOfWork, Units
 
 log = logging.getLogger(__name__)
 U = TypeVar("U", bound=UnitOfWork)
@@ -196,7 +195,7 @@ async def _assemble(spec: ServiceSpec[U], settings: Settings,
     metrics.SUBSCRIBERS.labels(spec.name).set_function(lambda: feed.subscribers)
     keys = IdempotencyStore(spec.tables, ttl_seconds=settings.idempotency_ttl, postgres=postgres)
     storage = Storage(service=spec.name, db=db, log=event_log, feed=feed, keys=keys,
-                      rows=Kept(settings.kept_rows if postgres else 0))
+                      rows=KeptRows(settings.kept_rows if postgres else 0))
     units = Units(storage, functools.partial(spec.uow_class, events=spec.events))
     return ServiceRuntime(name=spec.name, settings=settings, storage=storage, units=units)
 

@@ -62,8 +62,14 @@ current costs that call a round trip more than reading would have (a
 after another gains nothing; and a ConfirmAppointment written from a kept copy
 leaves the check of the agent's other confirmed appointments to the exclusion
 constraint that referees racing confirms anyway (a conflict runs the call again,
-reading, and that answers SLOT_TAKEN as before). SQLite, one writer whose reads
-are function calls, keeps none.
+reading, and that answers SLOT_TAKEN as before). Where copies are often stale
+(replicas that take turns with each lead) that would make writes slower, not
+faster, so a process judges how often its copies were stale lately: the writes
+that started from one, and the writes that read a row it kept a copy of (was the
+copy what they read?). While more than MOST_STALE of them were, writes read
+first (`KeptRows.worth_it`); the reads keep judging, and writing from copies
+resumes once they are current again. SQLite, one writer whose reads are function
+calls, keeps none.
 """
 
 from __future__ import annotations
@@ -105,6 +111,29 @@ EventMapper = Callable[[Any], EventRecord]
 Respond = Callable[[Any], Message]
 
 
+# Writes start from kept rows while at most this share of the recent copies they
+# could have started from was stale (see "Kept rows"); each write weighs 1/32.
+MOST_STALE = 0.25
+_WEIGHT = 1 / 32
+
+
+class KeptRows(Kept[tuple[str, str, str], Any]):
+    """The rows a process keeps for writes to start from, by (org, kind, id), and how
+    often lately a copy was stale."""
+
+    def __init__(self, most: int) -> None:
+        super().__init__(most)
+        self.stale_share = 0.0
+
+    def judge(self, *, stale: bool) -> None:
+        self.stale_share += (float(stale) - self.stale_share) * _WEIGHT
+
+    @property
+    def worth_it(self) -> bool:
+        """Whether the next write should start from a kept copy, if there is one."""
+        return self.most > 0 and self.stale_share <= MOST_STALE
+
+
 @dataclass(frozen=True)
 class Storage:
     """What every unit of work of one service writes through; assembled once at start."""
@@ -117,7 +146,7 @@ class Storage:
     keys: IdempotencyStore
     # PostgreSQL: the rows committed that writes may start from (see "Kept rows"),
     # by (org, kind, id); none kept on SQLite.
-    rows: Kept[tuple[str, str, str], Any] = dataclasses.field(default_factory=lambda: Kept(0))
+    rows: KeptRows = dataclasses.field(default_factory=lambda: KeptRows(0))
 
     @property
     def postgres(self) -> bool:
@@ -345,11 +374,6 @@ class UnitOfWork:
             await stack.__aexit__(*exc_info)  # rolls back whatever was not committed
 
     @property
-    def writing(self) -> bool:
-        """Whether this unit of work may write (else a read-only transaction)."""
-        return self._write
-
-    @property
     def org(self) -> str:
         """The organization this unit of work acts in: every row it reads or writes is its."""
         return self.caller.org
@@ -411,6 +435,18 @@ class UnitOfWork:
         """Whether this attempt started from a kept row."""
         return bool(self._served)
 
+    def saw(self, kind: str, row_id: str, row: Any) -> None:
+        """A row this unit of work read from the database (a copy, with its `version`).
+        A read-only one read it committed: it is kept. A write's read judges the copy
+        kept of it, if any: would the write have started from the row as it is?"""
+        rows = self.storage.rows
+        if not rows.most:
+            return
+        if not self._write:
+            self.keep(kind, row_id, row)
+        elif (kept := rows.get((self.org, kind, row_id))) is not None:
+            rows.judge(stale=kept.version != row.version)
+
     def keep(self, kind: str, row_id: str, row: Any) -> None:
         """Keep a committed copy of a row (with its `version`), unless a newer one is
         kept: a read that returns after a write of this process has committed must not
@@ -433,12 +469,14 @@ class UnitOfWork:
         for kind, row_id, row in self.committed_rows():
             self.keep(kind, row_id, row)
         if self._served:
+            self.storage.rows.judge(stale=False)
             metrics.KEPT_ROWS.labels(self.storage.service, "written").inc()
 
     def misread(self) -> None:
         """The attempt did not succeed: the kept rows it started from are dropped."""
         for key in self._served:
             self.storage.rows.drop(key)
+        self.storage.rows.judge(stale=True)
         metrics.KEPT_ROWS.labels(self.storage.service, "misread").inc()
 
     # -- statements ---------------------------------------------------------------------
@@ -552,11 +590,11 @@ class Units(Generic[U]):
 
         The first attempt claims its key ahead (`KeyStep.claim`); if the key was not
         free, the attempt is undone and the next claims at once, without a pause.
-        Attempts may start from kept rows until one that did fails ("Kept rows"):
-        the next runs at once, reading.
+        Attempts may start from kept rows ("Kept rows", while they are worth it) until
+        one that did fails: the next runs at once, reading.
         """
         ahead = True
-        speculate = self.storage.rows.most > 0
+        speculate = self.storage.rows.worth_it
 
         async def once() -> T:
             nonlocal ahead, speculate

@@ -44,6 +44,10 @@ def misreads(service: str) -> float:
     return metrics.KEPT_ROWS.labels(service, "misread")._value.get()  # type: ignore[no-any-return]
 
 
+def written(service: str) -> float:
+    return metrics.KEPT_ROWS.labels(service, "written")._value.get()  # type: ignore[no-any-return]
+
+
 async def test_a_move_of_a_lead_the_process_has_seen_is_one_round_trip(
     leads: Stub, leads_server: RunningService, round_trips: list[int],
 ) -> None:
@@ -147,3 +151,34 @@ async def test_concurrent_moves_through_two_replicas_leave_one_unbroken_trail_a_
         assert all(a.to_status < b.to_status for a, b in itertools.pairwise(trail))
         current = await other.GetLead(pb.GetLeadRequest(lead_id=lead.lead_id))
         assert (current.version, current.status) == (trail[-1].version, trail[-1].to_status)
+
+
+async def test_a_replica_whose_copies_are_often_stale_reads_first_until_they_are_current(
+    leads: Stub, other: Stub, leads_server: RunningService, round_trips: list[int],
+) -> None:
+    """Replicas that take turns with each lead would find every copy stale: a round
+    trip lost a write. Each stops writing from its copies soon, and the process
+    whose copies are current again (one replica left) starts again."""
+    targets = [pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_QUALIFIED,
+               pb.LEAD_STATUS_PROPOSAL_SENT, pb.LEAD_STATUS_NEGOTIATING]
+    taking_turns = [await create_lead(leads) for _ in range(21)]
+    before = misreads("leads")
+    for step, status in enumerate(targets):
+        if step == len(targets) - 1:
+            last_round = misreads("leads")
+        for n, lead in enumerate(taking_turns):  # each lead's moves alternate replicas
+            await move((other, leads)[(n + step) % 2], lead.lead_id, status)
+    assert misreads("leads") - before < 21 * len(targets) / 2
+    assert misreads("leads") == last_round  # by the last round, both read first
+    assert not leads_server.runtime.storage.rows.worth_it
+
+    one_replica = [await create_lead(leads) for _ in range(12)]
+    for status in targets:
+        for lead in one_replica:
+            await move(leads, lead.lead_id, status)
+    assert leads_server.runtime.storage.rows.worth_it
+    moved_from_copies = written("leads")
+    lead = await create_lead(leads)
+    round_trips.clear()
+    await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
+    assert (len(round_trips), written("leads")) == (1, moved_from_copies + 1)
