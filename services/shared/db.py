@@ -115,6 +115,9 @@ class Database:
         self._idle: list[AsyncConnection] = []
         self._keep = pool_size
         self._retired: weakref.WeakSet[AsyncConnection] = weakref.WeakSet()  # see `retire`
+        # Called when the server drops a connection (see `_give_back`): what this
+        # process keeps of the database's rows may no longer be the database's.
+        self.on_lost: list[Callable[[], None]] = []
         self._disposed = False
 
     @property
@@ -208,7 +211,8 @@ class Database:
         A connection the server dropped (psycopg: broken, not closed on purpose)
         says that the others may be gone too (a restart, a partition): the kept ones
         are closed as well, and the next transaction opens a new one rather than
-        meeting each dead one in turn.
+        meeting each dead one in turn. It may also be a failover that lost commits
+        already acknowledged, so `on_lost` forgets what was kept of the rows.
         """
         if (raw is not None and not self._disposed and not conn.invalidated
                 and not conn.closed and conn not in self._retired
@@ -220,6 +224,8 @@ class Database:
             return
         broken = raw is not None and raw.broken
         if broken:
+            for forget in self.on_lost:
+                forget()
             await self._let_go_of_kept(invalidate=True)
         if (broken or self._disposed or conn in self._retired) and not conn.invalidated:
             # Closed, not pooled: not rolled back by the pool first, and not left

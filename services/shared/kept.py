@@ -36,5 +36,8 @@ class Kept(Generic[K, V]):
     def drop(self, key: K) -> None:
         self._values.pop(key, None)
 
+    def clear(self) -> None:
+        self._values.clear()
+
     def __len__(self) -> int:
         return len(self._values)

@@ -196,6 +196,7 @@ async def _assemble(spec: ServiceSpec[U], settings: Settings,
     keys = IdempotencyStore(spec.tables, ttl_seconds=settings.idempotency_ttl, postgres=postgres)
     storage = Storage(service=spec.name, db=db, log=event_log, feed=feed, keys=keys,
                       rows=KeptRows(settings.kept_rows if postgres else 0))
+    db.on_lost.append(storage.rows.clear)  # a failover may have lost what was kept
     units = Units(storage, functools.partial(spec.uow_class, events=spec.events))
     return ServiceRuntime(name=spec.name, settings=settings, storage=storage, units=units)
 

@@ -46,12 +46,14 @@ is rolled back.
 Kept rows (PostgreSQL). A write that reads its row first (UpdateLeadStatus,
 ConfirmAppointment) spends a round trip on the read before its commit's. So a
 process keeps the rows it has seen committed (`keep`: what its reads returned,
-what its commits wrote; `Storage.rows`, CRM_KEPT_ROWS of them, per org, the
-least recently used dropped first), and the first attempt of a call may write
-from its kept copy instead (`kept_row`): the use case decides on it exactly as
+what its commits wrote; `Storage.rows`, CRM_KEPT_ROWS of them across its orgs,
+each under its org, the least recently used dropped first), and the first
+attempt of a call may write from its kept copy instead (`kept_row`): the use
+case decides on it exactly as
 on a row it read, and its writes go out with the commit, in one round trip with
 the key's claim. It is sound because every change of such a row raises its
-version and every write of one is guarded by the version it started from: a
+version (an operator's hand-made change must too: see the README's "Running in
+production") and every write of one is guarded by the version it started from: a
 kept copy that is no longer the row's (another replica, or an operator, changed
 it) changes no row, nothing commits, and the call runs again at once, reading
 (`Misread`). Whatever else the first attempt ends in, a refusal included, it is
@@ -68,8 +70,10 @@ faster, so a process judges how often its copies were stale lately: the writes
 that started from one, and the writes that read a row it kept a copy of (was the
 copy what they read?). While more than MOST_STALE of them were, writes read
 first (`KeptRows.worth_it`); the reads keep judging, and writing from copies
-resumes once they are current again. SQLite, one writer whose reads are function
-calls, keeps none.
+resumes once they are current again. A connection the server dropped forgets
+every kept row (`Database.on_lost`): a failover to a standby may have lost commits
+already acknowledged, so a row's version may mean another row there. SQLite, one
+writer whose reads are function calls, keeps none.
 """
 
 from __future__ import annotations

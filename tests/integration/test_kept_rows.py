@@ -11,6 +11,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+import psycopg
 import pytest
 from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
@@ -182,3 +183,21 @@ async def test_a_replica_whose_copies_are_often_stale_reads_first_until_they_are
     round_trips.clear()
     await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
     assert (len(round_trips), written("leads")) == (1, moved_from_copies + 1)
+
+
+async def test_a_connection_the_server_drops_forgets_every_kept_row(
+    leads: Stub, leads_server: RunningService,
+) -> None:
+    """After a failover the database may have lost commits already acknowledged: a
+    row's version may mean another row there, so nothing kept is trusted."""
+    first, second = await create_lead(leads), await create_lead(leads)
+    rows = leads_server.runtime.storage.rows
+    assert rows.get(("default", "lead", second.lead_id)) is not None
+    db = leads_server.runtime.storage.db
+    async with await psycopg.AsyncConnection.connect(db.libpq_conninfo(),
+                                                     autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    moved = await move(leads, first.lead_id, pb.LEAD_STATUS_CONTACTED)  # meets a dropped one
+    assert moved.version == 2
+    assert rows.get(("default", "lead", second.lead_id)) is None
