@@ -111,6 +111,7 @@ class MessageRepository(Protocol):
 
 class RecipientRepository(Protocol):
     async def get(self, phone: str, *, now: datetime) -> Recipient: ...
+    async def opted_out(self, phone: str) -> bool: ...
     async def save(self, recipient: Recipient) -> None: ...
 
 
@@ -390,8 +391,7 @@ async def _record_intent(cmd: SendSms, intent: Message, lease_until: datetime, u
     async with uow.for_caller(cmd.caller):
         if (found := await uow.keys.claim_or_pending(cmd.key)) is not None:
             return found
-        recipient = await uow.recipients.get(intent.to, now=intent.created_at)
-        if recipient.opted_out:
+        if await uow.recipients.opted_out(intent.to):
             raise RecipientOptedOut(intent.to, intent.lead_id)
         # A fresh copy per attempt: a retried transaction must not reuse events.
         message = replace(intent, events=list(intent.events))

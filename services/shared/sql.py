@@ -82,10 +82,13 @@ Params = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Guarded:
-    """A write that must change exactly `rows` rows, or fail (see `GuardFailed`)."""
+    """A write that must change exactly `rows` rows, or fail (see `GuardFailed`);
+    with `read`, a SELECT that must find exactly `rows` rows (a check a write made
+    without reading, see services.shared.uow `assume`)."""
 
     statement: Statement
     rows: int
+    read: bool = False
 
 
 class GuardFailed(Exception):
@@ -210,7 +213,8 @@ def postgres_sql(statement: Statement | Guarded, params: Params) -> str:
         # The count is checked in the database, so a wrong one aborts the
         # transaction; it depends on count(*), so it is not folded early.
         rows = int(statement.rows)
-        return (f"WITH guarded AS ({postgres_sql(statement.statement, params)} RETURNING 1) "
+        returning = "" if statement.read else " RETURNING 1"
+        return (f"WITH guarded AS ({postgres_sql(statement.statement, params)}{returning}) "
                 "SELECT " + fail_unless(f"count(*) = {rows}", _GUARD,
                                         f"'{rows} rows expected, ' || count(*) || ' changed'")
                 + " FROM guarded")

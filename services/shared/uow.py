@@ -74,6 +74,13 @@ resumes once they are current again. A connection the server dropped forgets
 every kept row (`Database.on_lost`): a failover to a standby may have lost commits
 already acknowledged, so a row's version may mean another row there. SQLite, one
 writer whose reads are function calls, keeps none.
+
+An attempt may also assume what it would have read (`assume`), where one answer is
+all but certain: a text assumes its number has not opted out. The commit's round
+trip checks the assumption (a read that must find no row, failing the transaction
+if it does), an attempt whose assumption failed runs again, reading, as one from a
+stale copy does, and both count in the same judgement (the writes that read what
+they could have assumed say whether it would have held: `judge_assumption`).
 """
 
 from __future__ import annotations
@@ -339,10 +346,11 @@ class UnitOfWork:
         self._seat: group_commit.Seat | None = None
         self._used = False
         self._committed = False  # through a seat: its connection is no longer its own
-        # Whether this attempt may start from kept rows (set by `Units.attempt`), and
-        # the keys of those it did.
+        # Whether this attempt may start from kept rows (set by `Units.attempt`), the
+        # keys of those it did, and whether it took a read as given (`assume`).
         self.speculate = False
         self._served: list[tuple[str, str, str]] = []
+        self._assumed = False
 
     # -- the transaction --------------------------------------------------------------
 
@@ -436,8 +444,28 @@ class UnitOfWork:
 
     @property
     def speculated(self) -> bool:
-        """Whether this attempt started from a kept row."""
-        return bool(self._served)
+        """Whether this attempt started from a kept row or an assumption."""
+        return bool(self._served) or self._assumed
+
+    def assume(self, statement: sql.Statement, params: sql.Params, *, rows: int) -> bool:
+        """Take as given, without reading, that `statement` finds `rows` rows, if this
+        attempt may (as it may start from a kept row): True if so, and then its commit
+        checks it, in the same round trip, and fails the attempt if it does not hold
+        (the call runs again, reading: `Units.attempt`). False: read it.
+
+        For a write that depends on a row being absent, as a text on the number not
+        having opted out: the common case costs no round trip of its own."""
+        if not (self.speculate and self._write and self.postgres):
+            return False
+        self.writes.append((sql.Guarded(statement, rows, read=True), params))
+        self._assumed = True
+        return True
+
+    def judge_assumption(self, *, held: bool) -> None:
+        """A write that read what it could have assumed (`assume`): whether the
+        assumption would have held counts as a kept copy's being current would."""
+        if self._write and self.storage.rows.most:
+            self.storage.rows.judge(stale=not held)
 
     def saw(self, kind: str, row_id: str, row: Any) -> None:
         """A row this unit of work read from the database (a copy, with its `version`).
@@ -472,7 +500,7 @@ class UnitOfWork:
     def _keep_committed(self) -> None:
         for kind, row_id, row in self.committed_rows():
             self.keep(kind, row_id, row)
-        if self._served:
+        if self.speculated:
             self.storage.rows.judge(stale=False)
             metrics.KEPT_ROWS.labels(self.storage.service, "written").inc()
 

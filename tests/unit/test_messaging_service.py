@@ -94,6 +94,10 @@ class FakeRecipients(service.RecipientRepository):
         self.seen[phone] = found
         return found
 
+    async def opted_out(self, phone: str) -> bool:
+        found = self.rows.get(phone)
+        return found is not None and found.opted_out
+
     async def save(self, recipient: Recipient) -> None:
         row = copy.deepcopy(recipient)
         self.uow.stage(lambda: self.rows.__setitem__(recipient.phone, row))
