@@ -51,7 +51,7 @@ shared = shared_tables(metadata, "messaging")
 messages = Table(
     "messages",
     metadata,
-    Column("message_id", String(36), primary_key=True),
+    Column("message_id", String(36), nullable=False),
     Column("lead_id", String(64), nullable=False),
     Column("direction", String(16), nullable=False),
     Column("to_phone", String(20), nullable=False),
@@ -73,6 +73,9 @@ messages = Table(
     Index("ix_messages_lead_created", "org", "lead_id", "created_at", "message_id"),
     Index("ix_messages_to_created", "org", "to_phone", "created_at"),
     Index("ux_messages_provider_message_id", "org", "provider_message_id", unique=True),
+    # The org first, as in every index here: a lookup by id (which names the org too)
+    # matches the key whole, and no other index can look as good to the planner.
+    PrimaryKeyConstraint("org", "message_id", name="pk_messages"),
 )
 
 recipients = Table(
@@ -91,7 +94,7 @@ recipients = Table(
 message_templates = Table(
     "message_templates",
     metadata,
-    Column("template_id", String(36), primary_key=True),
+    Column("template_id", String(36), nullable=False),
     Column("name", String(100), nullable=False),
     Column("body", Text, nullable=False),
     Column("created_by", String(128), nullable=False),
@@ -101,6 +104,7 @@ message_templates = Table(
     Column("version", BigInteger, nullable=False),
     org_column(),
     Index("ix_message_templates_name", "org", "name", "template_id"),
+    PrimaryKeyConstraint("org", "template_id", name="pk_message_templates"),
 )
 
 

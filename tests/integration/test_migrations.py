@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -17,7 +18,7 @@ from services.leads.adapters import metadata as leads_metadata
 from services.leads.bootstrap import SPEC as LEADS
 from services.messaging.adapters import metadata as messaging_metadata
 from services.messaging.bootstrap import SPEC as MESSAGING
-from services.shared import migrations
+from services.shared import migrations, sql
 from services.shared.config import normalize_database_url
 from services.shared.db import Database
 from tests.support.servers import ROOT, environment
@@ -83,3 +84,50 @@ def test_migrate_runs_alone_from_the_command_line(database_url: str, tmp_path: P
             await db.dispose()
 
     assert asyncio.run(version()) == "0004"
+
+
+@pytest.mark.postgres_only
+async def test_a_message_is_found_by_its_key_before_the_table_has_statistics(
+    database_url: str,
+) -> None:
+    """Keys lead with the org, as the other indexes do: before autovacuum's first
+    ANALYZE the planner must still take the key for a lookup by id, not an index
+    that starts with the org (a scan of every row of the org), in the generic plan
+    a connection caches for the statement."""
+    from services.messaging import adapters
+
+    db = Database(database_url, pool_size=1)
+    try:
+        await migrations.upgrade(db, "messaging", MESSAGING.migrations)
+    finally:
+        await db.dispose()
+    lookups = [  # (statement, its values, the key it must use)
+        (adapters.UPDATE_MESSAGE, {"status": "sent", "version": 2, "b_message_id": "m-7",
+                                   "b_version": 1, "b_org": "default"}, "pk_messages"),
+        (adapters.SELECT_MESSAGE_FOR_UPDATE, {"message_id": "m-7", "org": "default"},
+         "pk_messages"),
+        (adapters.UPDATE_TEMPLATE, {"body": "Hi", "version": 2, "b_template_id": "t-7",
+                                    "b_version": 1, "b_org": "default"}, "pk_message_templates"),
+        (adapters.SELECT_TEMPLATE, {"template_id": "t-7", "org": "default"},
+         "pk_message_templates"),
+    ]
+    url = normalize_database_url(database_url).replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT set_config('crm.org', 'default', false)")
+        conn.execute("""
+            INSERT INTO messages SELECT 'm-' || g, 'lead-1', 'outbound', '+14155550111', '',
+                'Hi', 1, 'GSM_7', 'sent', 'console', 'SM' || g, 0, '', 'accepted', 'alice',
+                now(), now(), 1, 'default' FROM generate_series(1, 2000) g""")
+        conn.execute("""
+            INSERT INTO message_templates SELECT 't-' || g, 'name ' || g, 'Hi', 'alice', now(),
+                'alice', now(), 1, 'default' FROM generate_series(1, 2000) g""")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        for n, (statement, params, key) in enumerate(lookups):
+            plan = sql._plan(sql.postgres_sql(statement, params), params)
+            assert plan is not None
+            conn.execute(f"PREPARE lookup_{n} AS {plan.body}")
+            values = ", ".join(conn.execute("SELECT quote_nullable(%s::text)", [params[name]])
+                               .fetchone()[0] for name in plan.order)  # type: ignore[index]
+            explained = "\n".join(row[0] for row in conn.execute(
+                f"EXPLAIN EXECUTE lookup_{n}({values})"))
+            assert f"Index Scan using {key} " in explained, explained
