@@ -433,12 +433,19 @@ async def retrying(
         except Exception as error:
             if not is_transient(error):
                 raise
-            delay = 0.0 if isinstance(error, RunAgain) and error.at_once else backoff(attempt)
+            at_once = isinstance(error, RunAgain) and error.at_once
+            delay = 0.0 if at_once else backoff(attempt)
             if time.monotonic() + delay >= deadline:
                 log.warning("giving up on %s", what, extra={"error": repr(error)[:300]})
                 raise Unavailable(f"{what} is unavailable", reason="DATABASE_UNAVAILABLE",
                                   retry_after=1.0) from error
-            log.info("retrying after a transient failure", extra={"error": repr(error)[:300],
-                                                                   "attempt": attempt + 1})
+            # Running again at once is the plan going another way (reading a row a
+            # kept copy had wrong, claiming a key that was not free), not a failure:
+            # a busy deployment makes many, so they are not logged at INFO.
+            details = {"error": repr(error)[:300], "attempt": attempt + 1}
+            if at_once:
+                log.debug("running again another way", extra=details)
+            else:
+                log.info("retrying after a transient failure", extra=details)
             attempt += 1
             await asyncio.sleep(delay)
