@@ -25,10 +25,11 @@ from psycopg.errors import ExclusionViolation
 from sqlalchemy import (
     BigInteger,
     Column,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Row,
     String,
     Table,
@@ -58,7 +59,7 @@ shared = shared_tables(metadata, "bookings")
 appointments = Table(
     "appointments",
     metadata,
-    Column("appointment_id", String(36), primary_key=True),
+    Column("appointment_id", String(36), nullable=False),
     Column("lead_id", String(64), nullable=False),
     Column("agent_id", String(100), nullable=False),
     Column("start_time", UTCDateTime, nullable=False),
@@ -80,6 +81,9 @@ appointments = Table(
     Index("ix_appointments_start", "org", "start_time", "appointment_id"),
     Index("ix_appointments_agent_start", "org", "agent_id", "start_time"),
     Index("ix_appointments_lead_start", "org", "lead_id", "start_time"),
+    # The org first, as in every index here: a lookup by id (which names the org
+    # too) matches the key whole (services.shared.migration_keys).
+    PrimaryKeyConstraint("org", "appointment_id", name="pk_appointments"),
 )
 
 appointment_changes = Table(
@@ -87,8 +91,7 @@ appointment_changes = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
            autoincrement=True),
-    Column("appointment_id", String(36), ForeignKey("appointments.appointment_id"),
-           nullable=False),
+    Column("appointment_id", String(36), nullable=False),
     Column("from_status", String(16), nullable=False),
     Column("to_status", String(16), nullable=False),
     Column("actor", String(128), nullable=False),
@@ -98,6 +101,9 @@ appointment_changes = Table(
     Column("version", BigInteger, nullable=False),
     org_column(),
     Index("ix_appointment_changes_appointment", "appointment_id", "id"),
+    ForeignKeyConstraint(["org", "appointment_id"],
+                         ["appointments.org", "appointments.appointment_id"],
+                         name="fk_appointment_changes_appointments"),
 )
 
 # The exclusion constraint's name (PostgreSQL only; created by the migration).

@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Row,
     String,
     Table,
@@ -39,7 +40,7 @@ shared = shared_tables(metadata, "leads")
 leads = Table(
     "leads",
     metadata,
-    Column("lead_id", String(36), primary_key=True),
+    Column("lead_id", String(36), nullable=False),
     Column("name", String(200), nullable=False),
     Column("phone", String(20), nullable=False),
     Column("email", String(254), nullable=False),
@@ -52,6 +53,9 @@ leads = Table(
     Index("ix_leads_created", "org", "created_at", "lead_id"),
     Index("ix_leads_status_created", "org", "status", "created_at", "lead_id"),
     Index("ix_leads_phone", "org", "phone"),
+    # The org first, as in every index here: a lookup by id (which names the org
+    # too) matches the key whole (services.shared.migration_keys).
+    PrimaryKeyConstraint("org", "lead_id", name="pk_leads"),
 )
 
 status_changes = Table(
@@ -59,7 +63,7 @@ status_changes = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
            autoincrement=True),
-    Column("lead_id", String(36), ForeignKey("leads.lead_id"), nullable=False),
+    Column("lead_id", String(36), nullable=False),
     Column("from_status", String(16), nullable=False),
     Column("to_status", String(16), nullable=False),
     Column("actor", String(128), nullable=False),
@@ -68,6 +72,8 @@ status_changes = Table(
     Column("version", BigInteger, nullable=False),
     org_column(),
     Index("ix_lead_status_changes_lead", "lead_id", "id"),
+    ForeignKeyConstraint(["org", "lead_id"], ["leads.org", "leads.lead_id"],
+                         name="fk_lead_status_changes_leads"),
 )
 
 

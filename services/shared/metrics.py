@@ -41,7 +41,8 @@ GROUP_COMMIT_CALLS = Histogram(
 )
 KEPT_ROWS = Counter(
     "crm_kept_rows_total",
-    "PostgreSQL writes from a kept row, by outcome: written, or misread (the row had "
-    "changed; the call ran again reading it).",
+    "PostgreSQL writes from a kept row or an assumption (a text's consent), by outcome: "
+    "written, or misread (the row had changed, or the assumption did not hold; the call "
+    "ran again reading).",
     ["service", "outcome"],
 )

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -14,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
+from services.bookings.bootstrap import SPEC as BOOKINGS
 from services.leads.adapters import metadata as leads_metadata
 from services.leads.bootstrap import SPEC as LEADS
 from services.messaging.adapters import metadata as messaging_metadata
@@ -34,7 +36,7 @@ async def test_replicas_migrating_at_once_all_succeed_and_migrate_once(database_
             if not databases[0].is_sqlite:  # the log row is seen in any org's scope
                 await conn.execute(text("SELECT set_config('crm.org', 'default', true)"))
             versions = (await conn.execute(text("SELECT version_num FROM leads_alembic_version")))
-            assert [row[0] for row in versions] == ["0004"]  # the head
+            assert [row[0] for row in versions] == ["0005"]  # the head
             heads = (await conn.execute(text("SELECT count(*) FROM leads_event_log"))).scalar()
             assert heads == 1
     finally:
@@ -83,44 +85,79 @@ def test_migrate_runs_alone_from_the_command_line(database_url: str, tmp_path: P
         finally:
             await db.dispose()
 
-    assert asyncio.run(version()) == "0004"
+    assert asyncio.run(version()) == "0005"
+
+
+def _lookups() -> dict[str, tuple[Any, list[str], list[tuple[Any, dict[str, Any], str]]]]:
+    """Per service: its spec, rows of one org to fill its tables with, and its
+    lookups by id (statement, values, the key it must use)."""
+    from services.bookings import adapters as bookings
+    from services.leads import adapters as leads
+    from services.messaging import adapters as messaging
+
+    return {
+        "leads": (LEADS, ["""
+            INSERT INTO leads (lead_id, name, phone, email, status, version, created_by,
+                               created_at, updated_at, org)
+            SELECT 'l-' || g, 'Ada', '+14155550111', '', 'NEW', 1, 'alice', now(), now(),
+                   'default' FROM generate_series(1, 2000) g"""], [
+            (leads.UPDATE_LEAD, {"status": "CONTACTED", "version": 2, "b_lead_id": "l-7",
+                                 "b_version": 1, "b_org": "default"}, "pk_leads"),
+            (leads.SELECT_LEAD_FOR_UPDATE, {"lead_id": "l-7", "org": "default"}, "pk_leads"),
+        ]),
+        "bookings": (BOOKINGS, ["""
+            INSERT INTO appointments (appointment_id, lead_id, agent_id, start_time, end_time,
+                notes, status, version, created_by, created_at, updated_at, confirmed_by,
+                cancelled_by, cancel_reason, completed_by, org)
+            SELECT 'a-' || g, 'l-1', 'agent', now() + g * interval '1 hour',
+                   now() + g * interval '1 hour' + interval '30 minutes', '', 'SCHEDULED', 1,
+                   'alice', now(), now(), '', '', '', '', 'default'
+            FROM generate_series(1, 2000) g"""], [
+            (bookings.UPDATE_APPOINTMENT, {"status": "CONFIRMED", "version": 2,
+                                           "b_appointment_id": "a-7", "b_version": 1,
+                                           "b_org": "default"}, "pk_appointments"),
+            (bookings.SELECT_APPOINTMENT_FOR_UPDATE, {"appointment_id": "a-7", "org": "default"},
+             "pk_appointments"),
+        ]),
+        "messaging": (MESSAGING, ["""
+            INSERT INTO messages SELECT 'm-' || g, 'lead-1', 'outbound', '+14155550111', '',
+                'Hi', 1, 'GSM_7', 'sent', 'console', 'SM' || g, 0, '', 'accepted', 'alice',
+                now(), now(), 1, 'default' FROM generate_series(1, 2000) g""", """
+            INSERT INTO message_templates SELECT 't-' || g, 'name ' || g, 'Hi', 'alice', now(),
+                'alice', now(), 1, 'default' FROM generate_series(1, 2000) g"""], [
+            (messaging.UPDATE_MESSAGE, {"status": "sent", "version": 2, "b_message_id": "m-7",
+                                        "b_version": 1, "b_org": "default"}, "pk_messages"),
+            (messaging.SELECT_MESSAGE_FOR_UPDATE, {"message_id": "m-7", "org": "default"},
+             "pk_messages"),
+            (messaging.UPDATE_TEMPLATE, {"body": "Hi", "version": 2, "b_template_id": "t-7",
+                                         "b_version": 1, "b_org": "default"},
+             "pk_message_templates"),
+            (messaging.SELECT_TEMPLATE, {"template_id": "t-7", "org": "default"},
+             "pk_message_templates"),
+        ]),
+    }
 
 
 @pytest.mark.postgres_only
-async def test_a_message_is_found_by_its_key_before_the_table_has_statistics(
-    database_url: str,
+@pytest.mark.parametrize("service", ["leads", "bookings", "messaging"])
+async def test_a_row_is_found_by_its_key_before_the_table_has_statistics(
+    database_url: str, service: str,
 ) -> None:
-    """Keys lead with the org, as the other indexes do: before autovacuum's first
-    ANALYZE the planner must still take the key for a lookup by id, not an index
-    that starts with the org (a scan of every row of the org), in the generic plan
-    a connection caches for the statement."""
-    from services.messaging import adapters
-
+    """Keys lead with the org, as the other indexes do (services.shared.migration_keys):
+    before autovacuum's first ANALYZE the planner must still take the key for a lookup
+    by id, not an index that starts with the org (a walk through every row of the
+    org), in the generic plan a connection caches for the statement."""
+    spec, rows, lookups = _lookups()[service]
     db = Database(database_url, pool_size=1)
     try:
-        await migrations.upgrade(db, "messaging", MESSAGING.migrations)
+        await migrations.upgrade(db, service, spec.migrations)
     finally:
         await db.dispose()
-    lookups = [  # (statement, its values, the key it must use)
-        (adapters.UPDATE_MESSAGE, {"status": "sent", "version": 2, "b_message_id": "m-7",
-                                   "b_version": 1, "b_org": "default"}, "pk_messages"),
-        (adapters.SELECT_MESSAGE_FOR_UPDATE, {"message_id": "m-7", "org": "default"},
-         "pk_messages"),
-        (adapters.UPDATE_TEMPLATE, {"body": "Hi", "version": 2, "b_template_id": "t-7",
-                                    "b_version": 1, "b_org": "default"}, "pk_message_templates"),
-        (adapters.SELECT_TEMPLATE, {"template_id": "t-7", "org": "default"},
-         "pk_message_templates"),
-    ]
     url = normalize_database_url(database_url).replace("postgresql+psycopg", "postgresql")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT set_config('crm.org', 'default', false)")
-        conn.execute("""
-            INSERT INTO messages SELECT 'm-' || g, 'lead-1', 'outbound', '+14155550111', '',
-                'Hi', 1, 'GSM_7', 'sent', 'console', 'SM' || g, 0, '', 'accepted', 'alice',
-                now(), now(), 1, 'default' FROM generate_series(1, 2000) g""")
-        conn.execute("""
-            INSERT INTO message_templates SELECT 't-' || g, 'name ' || g, 'Hi', 'alice', now(),
-                'alice', now(), 1, 'default' FROM generate_series(1, 2000) g""")
+        for fill in rows:
+            conn.execute(fill)
         conn.execute("SET plan_cache_mode = force_generic_plan")
         for n, (statement, params, key) in enumerate(lookups):
             plan = sql._plan(sql.postgres_sql(statement, params), params)

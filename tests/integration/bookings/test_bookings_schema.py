@@ -75,4 +75,4 @@ def test_migrate_runs_alone_from_the_command_line(database_url: str, tmp_path: P
         finally:
             await db.dispose()
 
-    assert asyncio.run(version()) == "0003"
+    assert asyncio.run(version()) == "0004"

@@ -1,17 +1,15 @@
 """A message's and a template's primary key leads with the org, as the tables'
-other indexes do: a lookup by id names both, and only the key then matches it
-whole. Keyed by the id alone, a table whose statistics were not gathered yet
-(a new one, until autovacuum's first ANALYZE) had PostgreSQL's planner rate an
-index that starts with the org as good as the key, and a cached plan updated a
-message by scanning every message of its org (README, "Decisions": "Keys
-that lead with the org").
+other indexes do: a lookup by id matches the key whole, statistics or not
+(services.shared.migration_keys). Keyed by the id alone, a cached plan updated a
+message by walking every message of its org until autovacuum first analyzed
+the table.
 
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-04
 """
 
-from services.shared.migration_orgs import rekey
+from services.shared.migration_keys import key_with_org
 
 revision = "0005"
 down_revision = "0004"
@@ -20,8 +18,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    rekey("messages", "pk_messages", "messages_pkey", ["message_id"])
-    rekey("message_templates", "pk_message_templates", "message_templates_pkey", ["template_id"])
+    key_with_org("messages", "message_id", old_key="messages_pkey")
+    key_with_org("message_templates", "template_id", old_key="message_templates_pkey")
 
 
 def downgrade() -> None:
