@@ -149,14 +149,28 @@ class SqlLeadRepository:
         return lead
 
     async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]:
-        # Locking in id order keeps concurrent batches from deadlocking.
+        """The leads found, by id; to change (`for_update`), locked in id order (which
+        keeps concurrent batches from deadlocking), or, where the unit of work may
+        write from kept rows and every lead is kept, their copies: their writes then
+        take the rows' locks, in id order too (`save_many`)."""
+        if for_update and (kept := self.uow.kept_rows(KIND, lead_ids)) is not None:
+            copies = {lead.lead_id: replace(lead, events=[]) for lead in kept}
+            self.seen.update(copies)
+            return copies
         query = (select(leads).where(leads.c.lead_id.in_(lead_ids), leads.c.org == self.uow.org)
                  .order_by(leads.c.lead_id))
         if for_update and self.uow.postgres:
             query = query.with_for_update()
         found = {row.lead_id: _lead(row) for row in await self.uow.execute(query)}
+        for lead_id, lead in found.items():
+            self.uow.saw(KIND, lead_id, replace(lead, events=[]))
         self.seen.update(found)
         return found
+
+    async def save_many(self, moves: list[tuple[Lead, StatusChange]]) -> None:
+        """`save` each move, in lead id order (see `get_many`)."""
+        for lead, change in sorted(moves, key=lambda move: move[0].lead_id):
+            await self.save(lead, change)
 
     async def save(self, lead: Lead, change: StatusChange) -> None:
         """Store a move and its audit record. The lead was read FOR UPDATE (SQLite:

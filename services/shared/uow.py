@@ -48,7 +48,8 @@ ConfirmAppointment) spends a round trip on the read before its commit's. So a
 process keeps the rows it has seen committed (`keep`: what its reads returned,
 what its commits wrote; `Storage.rows`, CRM_KEPT_ROWS of them across its orgs,
 each under its org, the least recently used dropped first), and the first
-attempt of a call may write from its kept copy instead (`kept_row`): the use
+attempt of a call may write from its kept copy instead (`kept_row`; a batch from
+the copies of all its rows, or from none: `kept_rows`): the use
 case decides on it exactly as
 on a row it read, and its writes go out with the commit, in one round trip with
 the key's claim. It is sound because every change of such a row raises its
@@ -87,7 +88,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Self, TypeVar
@@ -440,6 +441,19 @@ class UnitOfWork:
         found = self.storage.rows.get(key)
         if found is not None:
             self._served.append(key)
+        return found
+
+    def kept_rows(self, kind: str, row_ids: Sequence[str]) -> list[Any] | None:
+        """Committed copies of every one of the rows, as `kept_row`; None if this
+        attempt may not start from kept rows or any of them is not kept (then none
+        is used: the caller reads them all)."""
+        if not (self.speculate and self._write):
+            return None
+        keys = [(self.org, kind, row_id) for row_id in row_ids]
+        found = [self.storage.rows.get(key) for key in keys]
+        if not found or any(row is None for row in found):
+            return None
+        self._served.extend(keys)
         return found
 
     @property

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import psycopg
@@ -18,7 +19,8 @@ from crm.leads.v1 import leads_pb2 as pb
 from crm.leads.v1 import leads_pb2_grpc
 
 from services.leads.bootstrap import SPEC as LEADS
-from services.shared import metrics
+from services.shared import metrics, sql
+from services.shared.clients import idempotency, new_key
 from services.shared.server import RunningService
 from tests.integration.conftest import create_lead, move
 from tests.support.rpc import refusal
@@ -215,3 +217,80 @@ async def test_a_call_read_again_after_a_stale_copy_logs_no_failure(
         await move(leads, lead.lead_id, pb.LEAD_STATUS_QUALIFIED)
     assert [(r.levelno, r.getMessage()) for r in caplog.records
             if r.name == "services.shared.db"] == [(logging.DEBUG, "running again another way")]
+
+
+async def batch(stub: Stub, leads: list[pb.Lead], status: pb.LeadStatus.ValueType
+                ) -> pb.BatchUpdateLeadStatusResponse:
+    return await stub.BatchUpdateLeadStatus(  # type: ignore[no-any-return]
+        pb.BatchUpdateLeadStatusRequest(lead_ids=[lead.lead_id for lead in leads],
+                                        status=status), metadata=idempotency(new_key()))
+
+
+async def test_a_batch_of_leads_the_process_has_seen_is_one_round_trip(
+    leads: Stub, leads_server: RunningService, round_trips: list[int],
+) -> None:
+    created = [await create_lead(leads) for _ in range(3)]
+    await batch(leads, created[:1], pb.LEAD_STATUS_CONTACTED)  # the statements' first use
+    round_trips.clear()
+    moved = await batch(leads, created, pb.LEAD_STATUS_QUALIFIED)
+    assert len(round_trips) == 1, round_trips
+    assert [(x.status, x.version) for x in moved.updated_leads] == [
+        (pb.LEAD_STATUS_QUALIFIED, 3), (pb.LEAD_STATUS_QUALIFIED, 2),
+        (pb.LEAD_STATUS_QUALIFIED, 2)]
+    leads_server.runtime.storage.rows._values.pop(  # one lead no longer kept: all are read
+        ("default", "lead", created[1].lead_id))
+    round_trips.clear()
+    await batch(leads, created, pb.LEAD_STATUS_PROPOSAL_SENT)
+    assert len(round_trips) == 2, round_trips
+
+
+async def test_a_batch_with_a_lead_another_replica_moved_reads_them_all_again(
+    leads: Stub, other: Stub,
+) -> None:
+    first, second = await create_lead(leads), await create_lead(leads)
+    await move(other, first.lead_id, pb.LEAD_STATUS_CONTACTED)
+    before = misreads("leads")
+    moved = await batch(leads, [first, second], pb.LEAD_STATUS_QUALIFIED)
+    assert misreads("leads") == before + 1
+    assert [(x.lead_id, x.version) for x in moved.updated_leads] == [
+        (first.lead_id, 3), (second.lead_id, 2)]
+    trail = await leads.ListStatusChanges(pb.ListStatusChangesRequest(lead_id=first.lead_id))
+    assert [(c.from_status, c.to_status) for c in trail.status_changes] == [
+        (pb.LEAD_STATUS_NEW, pb.LEAD_STATUS_CONTACTED),
+        (pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_QUALIFIED)]
+
+
+async def test_a_batch_from_copies_writes_its_leads_in_id_order(
+    leads: Stub, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writes from copies take their rows' locks as they go, so a batch writes in lead
+    id order, as a batch that reads locks them: two batches never wait on each other
+    in a circle (a deadlock, which PostgreSQL breaks only after a second)."""
+    created = [await create_lead(leads) for _ in range(4)]
+    sent: list[str] = []
+    at_once = sql._at_once
+
+    async def recorded(raw: Any, statements: Any, *rest: Any) -> Any:
+        sent.extend(str(params["b_lead_id"]) for _, params in statements
+                    if "b_lead_id" in params)
+        return await at_once(raw, statements, *rest)
+
+    monkeypatch.setattr(sql, "_at_once", recorded)
+    await batch(leads, created[::-1], pb.LEAD_STATUS_CONTACTED)
+    assert sent == sorted(lead.lead_id for lead in created)
+
+
+async def test_batches_through_two_replicas_racing_over_the_same_leads_move_each_once(
+    leads: Stub, other: Stub,
+) -> None:
+    created = [await create_lead(leads) for _ in range(6)]
+    targets = [pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_QUALIFIED, pb.LEAD_STATUS_PROPOSAL_SENT]
+    for status in targets:
+        ours, theirs = await asyncio.gather(batch(leads, created, status),
+                                            batch(other, created[::-1], status))
+        moved = [x.lead_id for x in (*ours.updated_leads, *theirs.updated_leads)]
+        assert sorted(moved) == sorted(lead.lead_id for lead in created)
+    for lead in created:
+        trail = await other.ListStatusChanges(pb.ListStatusChangesRequest(lead_id=lead.lead_id))
+        assert [(c.to_status, c.version) for c in trail.status_changes] == [
+            (status, version) for version, status in enumerate(targets, start=2)]
