@@ -116,6 +116,10 @@ INSERT_CHANGE = insert(status_changes)
 SELECT_LEAD = select(leads).where(leads.c.lead_id == bindparam("lead_id"),
                                   leads.c.org == bindparam("org"))
 SELECT_LEAD_FOR_UPDATE = SELECT_LEAD.with_for_update()
+# A kept lead as its copy says it is, locked (`get_many`'s check of a batch's copies).
+LOCK_KEPT_LEAD = select(leads.c.lead_id).where(
+    leads.c.lead_id == bindparam("lead_id"), leads.c.org == bindparam("org"),
+    leads.c.version == bindparam("version")).with_for_update()
 
 
 class SqlLeadRepository:
@@ -151,14 +155,20 @@ class SqlLeadRepository:
     async def get_many(self, lead_ids: list[str], *, for_update: bool = False) -> dict[str, Lead]:
         """The leads found, by id; to change (`for_update`), locked in id order (which
         keeps concurrent batches from deadlocking), or, where the unit of work may
-        write from kept rows and every lead is kept, their copies: their writes then
-        take the rows' locks, in id order too (`save_many`)."""
+        write from kept rows and every lead named is kept, their copies, each
+        checked and locked with the commit, in id order too: a lead the batch leaves
+        as it is must be as its copy says as well as those it moves."""
         if for_update and (kept := self.uow.kept_rows(KIND, lead_ids)) is not None:
             copies = {lead.lead_id: replace(lead, events=[]) for lead in kept}
+            for lead_id in sorted(copies):
+                self.uow.check(LOCK_KEPT_LEAD, {"lead_id": lead_id, "org": self.uow.org,
+                                                "version": copies[lead_id].version}, rows=1)
             self.seen.update(copies)
             return copies
+        # In code point order (COLLATE "C"), as `sorted` orders the copies' checks.
+        order = leads.c.lead_id.collate("C") if self.uow.postgres else leads.c.lead_id
         query = (select(leads).where(leads.c.lead_id.in_(lead_ids), leads.c.org == self.uow.org)
-                 .order_by(leads.c.lead_id))
+                 .order_by(order))
         if for_update and self.uow.postgres:
             query = query.with_for_update()
         found = {row.lead_id: _lead(row) for row in await self.uow.execute(query)}
@@ -167,15 +177,11 @@ class SqlLeadRepository:
         self.seen.update(found)
         return found
 
-    async def save_many(self, moves: list[tuple[Lead, StatusChange]]) -> None:
-        """`save` each move, in lead id order (see `get_many`)."""
-        for lead, change in sorted(moves, key=lambda move: move[0].lead_id):
-            await self.save(lead, change)
-
     async def save(self, lead: Lead, change: StatusChange) -> None:
-        """Store a move and its audit record. The lead was read FOR UPDATE (SQLite:
-        in the only write transaction), so its version cannot have moved meanwhile;
-        the version guard checks it all the same, on either database."""
+        """Store a move and its audit record, guarded by the version the move
+        started from: a lead read FOR UPDATE (SQLite: in the only write
+        transaction) cannot have moved meanwhile, and a kept copy that is no longer
+        the lead changes nothing (services.shared.uow, "Kept rows")."""
         await self.uow.write(UPDATE_LEAD, {
             "b_lead_id": lead.lead_id, "b_version": change.version - 1, "b_org": self.uow.org,
             "status": lead.status.value, "version": lead.version,

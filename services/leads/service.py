@@ -34,7 +34,6 @@ class LeadRepository(Protocol):
         self, lead_ids: list[str], *, for_update: bool = False
     ) -> dict[str, Lead]: ...
     async def save(self, lead: Lead, change: StatusChange) -> None: ...
-    async def save_many(self, moves: list[tuple[Lead, StatusChange]]) -> None: ...
     async def newest(self, status: LeadStatus | None, after: tuple[datetime, str] | None,
                      limit: int, *, phone: str | None = None) -> list[Lead]: ...
     async def changes(self, lead_id: str, after: int | None,
@@ -147,7 +146,8 @@ async def batch_update_status(cmd: BatchUpdateStatus, uow: LeadsUnitOfWork
         lead_ids = check_batch(cmd.lead_ids)
         leads = await uow.leads.get_many(lead_ids, for_update=True)
         moved, unchanged = _move_all(cmd, lead_ids, leads)
-        await uow.leads.save_many(moved)
+        for lead, change in moved:
+            await uow.leads.save(lead, change)
         result = BatchResult([lead for lead, _ in moved], unchanged)
         await uow.commit(outcome=result)
         return result

@@ -216,7 +216,8 @@ def postgres_sql(statement: Statement | Guarded, params: Params) -> str:
         returning = "" if statement.read else " RETURNING 1"
         return (f"WITH guarded AS ({postgres_sql(statement.statement, params)}{returning}) "
                 "SELECT " + fail_unless(f"count(*) = {rows}", _GUARD,
-                                        f"'{rows} rows expected, ' || count(*) || ' changed'")
+                                        f"'{rows} rows expected, ' || count(*) || "
+                                        f"' {'found' if statement.read else 'changed'}'")
                 + " FROM guarded")
     if isinstance(statement, TextClause):
         return statement.text

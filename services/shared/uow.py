@@ -59,7 +59,11 @@ kept copy that is no longer the row's (another replica, or an operator, changed
 it) changes no row, nothing commits, and the call runs again at once, reading
 (`Misread`). Whatever else the first attempt ends in, a refusal included, it is
 not answered either: a refusal may rest on the stale copy, so the call runs
-again reading, and answers what that finds. What it costs: a copy that is not
+again reading, and answers what that finds (a transient failure, as a dropped
+connection, is retried as any is, after a pause, and reading too). A batch starts
+from copies only if every row it names is kept (`kept_rows`), and checks and
+locks each with its commit, in id order (`check`): a row it leaves as it is
+must be as its copy says too. What it costs: a copy that is not
 current costs that call a round trip more than reading would have (a
 `crm_kept_rows_total{outcome="misread"}`), so a lead moved through one replica
 after another gains nothing; and a ConfirmAppointment written from a kept copy
@@ -99,7 +103,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.shared import errors, group_commit, metrics, orgs, sql
 from services.shared.auth import Caller
-from services.shared.db import Database, RunAgain, retrying
+from services.shared.db import Database, RunAgain, is_transient, retrying
 from services.shared.events import EventFeed, EventLog, EventRecord
 from services.shared.idempotency import (
     IdempotencyStore,
@@ -352,6 +356,9 @@ class UnitOfWork:
         self.speculate = False
         self._served: list[tuple[str, str, str]] = []
         self._assumed = False
+        # Whether what this attempt reads judges its assumptions (not after an
+        # attempt that misread: that one was judged already).
+        self.judging = True
 
     # -- the transaction --------------------------------------------------------------
 
@@ -471,14 +478,21 @@ class UnitOfWork:
         having opted out: the common case costs no round trip of its own."""
         if not (self.speculate and self._write and self.postgres):
             return False
-        self.writes.append((sql.Guarded(statement, rows, read=True), params))
+        self.check(statement, params, rows=rows)
         self._assumed = True
         return True
+
+    def check(self, statement: sql.Statement, params: sql.Params, *, rows: int) -> None:
+        """PostgreSQL: with the commit, in its round trip and in the order of the
+        writes, a read that must find exactly `rows` rows, or nothing commits
+        (CONCURRENT_CHANGE; from a kept row or an assumption, the call runs again,
+        reading). For what an attempt took as given instead of reading it."""
+        self.writes.append((sql.Guarded(statement, rows, read=True), params))
 
     def judge_assumption(self, *, held: bool) -> None:
         """A write that read what it could have assumed (`assume`): whether the
         assumption would have held counts as a kept copy's being current would."""
-        if self._write and self.storage.rows.most:
+        if self._write and self.judging and self.storage.rows.most:
             self.storage.rows.judge(stale=not held)
 
     def saw(self, kind: str, row_id: str, row: Any) -> None:
@@ -520,10 +534,14 @@ class UnitOfWork:
 
     def misread(self) -> None:
         """The attempt did not succeed: the kept rows it started from are dropped."""
-        for key in self._served:
-            self.storage.rows.drop(key)
+        self.drop_served()
         self.storage.rows.judge(stale=True)
         metrics.KEPT_ROWS.labels(self.storage.service, "misread").inc()
+
+    def drop_served(self) -> None:
+        """Drop the kept rows this attempt started from, judging nothing."""
+        for key in self._served:
+            self.storage.rows.drop(key)
 
     # -- statements ---------------------------------------------------------------------
 
@@ -641,12 +659,14 @@ class Units(Generic[U]):
         """
         ahead = True
         speculate = self.storage.rows.worth_it
+        misread = False
 
         async def once() -> T:
-            nonlocal ahead, speculate
+            nonlocal ahead, speculate, misread
             uow = self()
             uow.keys.ahead = ahead
             uow.speculate = speculate
+            uow.judging = not misread
             try:
                 return await step(uow)
             except InvalidTextRepresentation as error:
@@ -658,6 +678,13 @@ class Units(Generic[U]):
                 if not uow.speculated:
                     raise
                 speculate = False
+                if is_transient(error) and not isinstance(error, RunAgain):
+                    # A dropped connection, a deadlock: nothing to do with the copies,
+                    # which go all the same (they may be stale too), and the failure
+                    # is retried as any transient one is, after a pause, logged.
+                    uow.drop_served()
+                    raise
+                misread = True
                 uow.misread()
                 raise Misread(f"an attempt from a kept row failed: {error!r}"[:300]) from error
 

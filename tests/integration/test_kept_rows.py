@@ -260,24 +260,60 @@ async def test_a_batch_with_a_lead_another_replica_moved_reads_them_all_again(
         (pb.LEAD_STATUS_CONTACTED, pb.LEAD_STATUS_QUALIFIED)]
 
 
-async def test_a_batch_from_copies_writes_its_leads_in_id_order(
+async def test_a_batch_from_copies_checks_and_locks_its_leads_in_id_order(
     leads: Stub, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Writes from copies take their rows' locks as they go, so a batch writes in lead
-    id order, as a batch that reads locks them: two batches never wait on each other
-    in a circle (a deadlock, which PostgreSQL breaks only after a second)."""
-    created = [await create_lead(leads) for _ in range(4)]
-    sent: list[str] = []
+    """Each copy is checked and locked with the commit, in lead id order, as a batch
+    that reads locks them: two batches never wait on each other in a circle (a
+    deadlock, which PostgreSQL breaks only after a second)."""
+    created = sorted([await create_lead(leads) for _ in range(4)], key=lambda x: x.lead_id)
+    trips: list[list[str]] = []
     at_once = sql._at_once
 
     async def recorded(raw: Any, statements: Any, *rest: Any) -> Any:
-        sent.extend(str(params["b_lead_id"]) for _, params in statements
-                    if "b_lead_id" in params)
+        trips.append([str(params["lead_id"]) for text, params in statements
+                      if "guarded" in text and "FOR UPDATE" in text])
         return await at_once(raw, statements, *rest)
 
     monkeypatch.setattr(sql, "_at_once", recorded)
     await batch(leads, created[::-1], pb.LEAD_STATUS_CONTACTED)
-    assert sent == sorted(lead.lead_id for lead in created)
+    assert trips == [[lead.lead_id for lead in created]]  # one round trip, from copies
+
+
+async def test_a_batch_answers_no_lead_unchanged_from_a_stale_copy(
+    leads: Stub, other: Stub,
+) -> None:
+    """A lead already where the batch moves it is written nothing: its copy must be
+    checked all the same, or a lead another replica moved on would be reported
+    unchanged, and the answer stored under the key."""
+    first, second = await create_lead(leads), await create_lead(leads)
+    await move(leads, first.lead_id, pb.LEAD_STATUS_CONTACTED)  # kept at CONTACTED
+    await move(other, first.lead_id, pb.LEAD_STATUS_QUALIFIED)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await batch(leads, [first, second], pb.LEAD_STATUS_CONTACTED)
+    assert refusal(failed.value).reason == "INVALID_STATUS_TRANSITION"
+    assert first.lead_id in str(failed.value.details())
+    unmoved = await other.GetLead(pb.GetLeadRequest(lead_id=second.lead_id))
+    assert (unmoved.status, unmoved.version) == (pb.LEAD_STATUS_NEW, 1)
+
+
+async def test_a_connection_lost_under_a_write_from_a_copy_is_retried_as_a_failure(
+    leads: Stub, leads_server: RunningService, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only a refusal or a guard shows a copy stale; a dropped connection is a
+    transient failure like any other: logged, retried after a pause, reading."""
+    lead = await create_lead(leads)
+    db = leads_server.runtime.storage.db
+    async with await psycopg.AsyncConnection.connect(db.libpq_conninfo(),
+                                                     autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    with caplog.at_level(logging.DEBUG, logger="services.shared.db"):
+        moved = await move(leads, lead.lead_id, pb.LEAD_STATUS_CONTACTED)
+    assert moved.version == 2
+    assert [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name == "services.shared.db"] == [
+        (logging.INFO, "retrying after a transient failure")]
 
 
 async def test_batches_through_two_replicas_racing_over_the_same_leads_move_each_once(

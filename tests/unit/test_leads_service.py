@@ -48,10 +48,6 @@ class FakeLeadRepository(FakeRows[Lead], service.LeadRepository):
         self.uow.stage(lambda: guarded(self.leads, lead.lead_id, change.version - 1, row))
         self.uow.stage(lambda: self.changes_of.setdefault(lead.lead_id, []).append(change))
 
-    async def save_many(self, moves: list[tuple[Lead, StatusChange]]) -> None:
-        for lead, change in moves:
-            await self.save(lead, change)
-
     async def newest(self, status: LeadStatus | None, after: tuple[datetime, str] | None,
                      limit: int, *, phone: str | None = None) -> list[Lead]:
         found = sorted((x for x in self.leads.values()

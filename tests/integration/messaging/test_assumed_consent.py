@@ -58,11 +58,14 @@ async def test_a_text_records_its_intent_in_one_round_trip_without_reading_conse
 
 
 async def test_a_number_that_opted_out_is_refused_though_the_text_assumed_it_had_not(
-    messaging: Stub, webhooks: Stub, lead: leads_pb2.Lead, twilio: TwilioDouble,
+    messaging: Stub, webhooks: Stub, messaging_server: RunningService, lead: leads_pb2.Lead,
+    twilio: TwilioDouble,
 ) -> None:
     first = await send(messaging, lead.lead_id)
     await inbound(webhooks, "STOP")
     before = misreads("messaging")
+    rows = messaging_server.runtime.storage.rows
+    share = rows.stale_share
     key = new_key()
     for _ in range(2):  # and its replay, answered from the key
         with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -71,6 +74,8 @@ async def test_a_number_that_opted_out_is_refused_though_the_text_assumed_it_had
         assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
                                                   "RECIPIENT_OPTED_OUT")
     assert misreads("messaging") == before + 1  # the assuming attempt, undone
+    # judged once, as wrong: the attempt that read after it does not judge again
+    assert rows.stale_share == pytest.approx(share + (1 - share) / 32)
     assert [m.body for m in twilio.sent_to(LEAD_PHONE)] == [first.body]
     history = await messaging.ListMessages(pb.ListMessagesRequest(lead_id=lead.lead_id))
     assert [(m.direction, m.body) for m in history.messages] == [
