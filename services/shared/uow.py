@@ -442,18 +442,13 @@ class UnitOfWork:
         """A committed copy of the row to write from instead of reading it, if this
         attempt may (see "Kept rows") and this process keeps one: the repository's
         to copy before it changes it."""
-        if not (self.speculate and self._write):
-            return None
-        key = (self.org, kind, row_id)
-        found = self.storage.rows.get(key)
-        if found is not None:
-            self._served.append(key)
-        return found
+        found = self.kept_rows(kind, [row_id])
+        return None if found is None else found[0]
 
     def kept_rows(self, kind: str, row_ids: Sequence[str]) -> list[Any] | None:
-        """Committed copies of every one of the rows, as `kept_row`; None if this
-        attempt may not start from kept rows or any of them is not kept (then none
-        is used: the caller reads them all)."""
+        """Committed copies of every one of the rows, to write from instead of reading
+        them; None if this attempt may not start from kept rows (see "Kept rows") or
+        any of them is not kept (then none is used: the caller reads them all)."""
         if not (self.speculate and self._write):
             return None
         keys = [(self.org, kind, row_id) for row_id in row_ids]
