@@ -382,14 +382,29 @@ async def bounded(work: Callable[[], Awaitable[T]], seconds: float) -> T:
     is cancelled and left to finish unwinding on its own (its connection is
     then closed, not returned to the pool as if nothing happened).
     """
-    task = asyncio.ensure_future(work())
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work(), loop=loop)
+    # `asyncio.wait({task}, timeout=…)` by hand: one future and one timer, no sets
+    # (this runs once a call, and the sets and their tasks' bookkeeping showed).
+    ended = loop.create_future()
+
+    def end(_: object) -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    task.add_done_callback(end)
+    timer = loop.call_later(seconds, end, None)
     try:
-        done, _ = await asyncio.wait({task}, timeout=seconds)
+        await ended
     except asyncio.CancelledError:
+        task.remove_done_callback(end)
         _abandon(task)
         raise
-    if task in done:
+    finally:
+        timer.cancel()
+    if task.done():
         return task.result()
+    task.remove_done_callback(end)
     _abandon(task)
     raise TimeoutError
 
