@@ -87,6 +87,7 @@ import bisect
 import contextlib
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -554,7 +555,7 @@ class EventFeed:
         processes' with the next NOTIFY (one in flight at a time, for every commit
         made meanwhile)."""
         self.poke()
-        if not self.log.postgres or self.closed:
+        if not self.log.postgres or self.closed or self._alone():
             return
         self._announce_again = True
         if self._announcing is None or self._announcing.done():
@@ -589,10 +590,18 @@ class EventFeed:
         63 bytes: PostgreSQL keeps no more of it)."""
         return f"closed-loop listen {self.log.channel}"[:63]
 
+    def _alone(self) -> bool:
+        """Whether no other process's feed listened when last seen, a moment ago: then
+        there is nobody to notify, and no task to start for it (a write's commit
+        announces; this is most of them on a process that serves alone)."""
+        return (not self._others_listen and self._notifier is not None
+                and not self._notifier.closed
+                and time.monotonic() - self._others_seen_at < LISTENERS_RECHECK)
+
     async def _others_are_listening(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Whether another process's feed listens on this log's channel, as last
         seen at most LISTENERS_RECHECK seconds ago."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         if now - self._others_seen_at >= LISTENERS_RECHECK:
             cursor = await conn.execute(_OTHERS_LISTEN, (self.listener_name,
                                                          self._listener_pid))

@@ -81,6 +81,22 @@ async def test_a_lone_process_sends_no_notify(
     assert await heard(observer, 1.0) == 0
 
 
+async def test_a_lone_process_that_looked_a_moment_ago_starts_no_task_to_announce(
+    first: RunningService, channel_for: Callable[..., grpc.aio.Channel],
+) -> None:
+    stub = leads_pb2_grpc.LeadsServiceStub(channel_for(first.target, "alice"))
+    await create_lead(stub, phone="+14155557000")
+    await announced(first)
+    feed = feed_of(first)
+    looked = feed._announcing
+    assert looked is not None and not feed._others_listen
+    for n in range(1, 4):
+        await create_lead(stub, phone=f"+1415555{7000 + n}")
+    # Within the second its look holds, the commits found nobody to tell, and
+    # started nothing to tell them.
+    assert feed._announcing is looked
+
+
 async def test_commits_are_announced_once_another_process_listens(
     first: RunningService, observer: psycopg.AsyncConnection[object],
     postgres_url: str, tmp_path: Path, channel_for: Callable[..., grpc.aio.Channel],
