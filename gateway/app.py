@@ -27,7 +27,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from gateway.sessions import CALLER, Sessions
 from gateway.transcoding import Transcoder
 from gateway.upstream import REQUEST_ID, Upstreams
 from gateway.webhooks import TwilioWebhooks
-from services.shared import context
+from services.shared import context, ids
 from services.shared.errors import DomainError
 from services.shared.jwts import claimed_principal
 from services.shared.limits import FailureLimits
@@ -79,7 +78,7 @@ def request_id(sent: str | None) -> str:
     """The client's X-Request-Id if it is sane, else a new one."""
     if sent is not None and _REQUEST_ID.match(sent):
         return sent
-    return uuid.uuid4().hex
+    return ids.uuid4().hex
 
 
 def _route_name(request: web.Request) -> str:

@@ -10,7 +10,6 @@ transaction, and no SQLite writer lock, is held across the network.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Protocol, TypeVar
 
 from services.bookings import domain
 from services.bookings.domain import Appointment, AppointmentChange, AppointmentStatus
-from services.shared import errors, paging, validation
+from services.shared import errors, ids, paging, validation
 from services.shared.auth import Caller
 from services.shared.db import utcnow
 from services.shared.idempotency import Key, Stored
@@ -123,7 +122,7 @@ class ListChanges(paging.Listing):
 
 
 def new_appointment_id() -> str:
-    return str(uuid.uuid4())
+    return str(ids.uuid4())
 
 
 async def create_appointment(

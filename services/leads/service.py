@@ -5,7 +5,6 @@ the change, its audit record, its events and the key's stored outcome.
 
 from __future__ import annotations
 
-import uuid
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,7 @@ from services.leads.domain import (
     StatusChange,
     StatusUnchanged,
 )
-from services.shared import errors, paging, validation
+from services.shared import errors, ids, paging, validation
 from services.shared.auth import Caller
 from services.shared.db import utcnow
 from services.shared.idempotency import Key, Stored
@@ -107,7 +106,7 @@ class ListStatusChanges(paging.Listing):
 
 
 def new_lead_id() -> str:
-    return str(uuid.uuid4())
+    return str(ids.uuid4())
 
 
 async def create_lead(cmd: CreateLead, uow: LeadsUnitOfWork) -> Lead | Stored:

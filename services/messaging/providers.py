@@ -31,7 +31,6 @@ import asyncio
 import logging
 import socket
 import struct
-import uuid
 from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,6 +39,7 @@ from typing import Protocol, TypeVar
 import aiohttp
 
 from services.messaging.domain import PROVIDER_STATUSES, MessageStatus
+from services.shared import ids
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +99,7 @@ class ConsoleProvider:
 
     async def send(self, *, to: str, body: str, status_callback: str | None,
                    from_number: str | None = None) -> Receipt:
-        sid = f"CONSOLE{uuid.uuid4().hex}"
+        sid = f"CONSOLE{ids.uuid4().hex}"
         log.info("SMS to %s: %s", to, body, extra={"provider_message_id": sid})
         return Receipt(sid, MessageStatus.DELIVERED)
 

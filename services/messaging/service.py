@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
@@ -62,7 +61,7 @@ from services.messaging.domain import (
 from services.messaging.providers import ProviderRejected, ProviderUnavailable, Receipt
 from services.messaging.sending import NotHandedOver, SmsSender
 from services.messaging.templates import MAX_TEMPLATES, MessageTemplate, TooManyTemplates
-from services.shared import errors, paging, validation
+from services.shared import errors, ids, paging, validation
 from services.shared.auth import Caller
 from services.shared.db import utcnow
 from services.shared.idempotency import Key, KeyInUse, KeyReused, Outcome, Pending, Stored
@@ -717,4 +716,4 @@ async def record_provider_state(units: UnitsOfWork, provider: str, snapshot: Bre
 
 
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    return str(ids.uuid4())

@@ -12,13 +12,12 @@ adapters' business.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from crm.messaging.v1 import messaging_pb2
 
-from services.shared import errors, rules, validation
+from services.shared import errors, ids, rules, validation
 
 PLACEHOLDERS = ("first_name", "last_name", "name", "appointment_time", "appointment_date",
                 "agent", "status")
@@ -74,7 +73,7 @@ class MessageTemplate:
     @classmethod
     def create(cls, *, name: str, body: str, actor: str, now: datetime) -> MessageTemplate:
         name, body = checked(name, body)
-        template = cls(str(uuid.uuid4()), name, body, actor, now, actor, now)
+        template = cls(str(ids.uuid4()), name, body, actor, now, actor, now)
         template.events.append(TemplateSaved(replace(template, events=[])))
         return template
 

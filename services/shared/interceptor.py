@@ -24,7 +24,6 @@ import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any
@@ -34,7 +33,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 
-from services.shared import context, errors, metrics, roles, status
+from services.shared import context, errors, ids, metrics, roles, status
 from services.shared.auth import (
     ADMIN,
     AGENT,
@@ -187,7 +186,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return context.Call(
             self.service,
             method,
-            (headers.get("x-request-id") or uuid.uuid4().hex)[:128],
+            (headers.get("x-request-id") or ids.uuid4().hex)[:128],
             caller=caller,
             idempotency_key=key,
         )
