@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import gc
 import logging
 import os
 import signal
@@ -445,6 +446,11 @@ async def _serve(spec: ServiceSpec[Any], settings: Settings, port: int | None,
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
     running = await start(spec, settings, port=port, host=host, worker=worker)
+    # What starting made (modules, descriptors, the schema, the pools) lives as long
+    # as the process: keep it out of the cyclic collector's full passes, which would
+    # otherwise walk all of it again and again under load (CreateLead at c=32:
+    # 3-6 % more calls a second).
+    gc.freeze()
     try:
         await stop_requested.wait()
         log.info("stopping: draining, then letting calls in flight finish")
