@@ -388,7 +388,7 @@ async def bounded(work: Callable[[], Awaitable[T]], seconds: float) -> T:
     # (this runs once a call, and the sets and their tasks' bookkeeping showed).
     ended = loop.create_future()
 
-    def end(_: object) -> None:
+    def end(_: object) -> None:  # the first of the task's end and the timer
         if not ended.done():
             ended.set_result(None)
 
@@ -397,14 +397,12 @@ async def bounded(work: Callable[[], Awaitable[T]], seconds: float) -> T:
     try:
         await ended
     except asyncio.CancelledError:
-        task.remove_done_callback(end)
         _abandon(task)
         raise
     finally:
         timer.cancel()
     if task.done():
         return task.result()
-    task.remove_done_callback(end)
     _abandon(task)
     raise TimeoutError
 

@@ -595,19 +595,21 @@ class EventFeed:
         there is nobody to notify, and no task to start for it (a write's commit
         announces; this is most of them on a process that serves alone)."""
         return (not self._others_listen and self._notifier is not None
-                and not self._notifier.closed
-                and time.monotonic() - self._others_seen_at < LISTENERS_RECHECK)
+                and not self._notifier.closed and self._looked_lately())
+
+    def _looked_lately(self) -> bool:
+        """Whether the last look at the other processes' feeds still holds."""
+        return time.monotonic() - self._others_seen_at < LISTENERS_RECHECK
 
     async def _others_are_listening(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Whether another process's feed listens on this log's channel, as last
         seen at most LISTENERS_RECHECK seconds ago."""
-        now = time.monotonic()
-        if now - self._others_seen_at >= LISTENERS_RECHECK:
+        if not self._looked_lately():
             cursor = await conn.execute(_OTHERS_LISTEN, (self.listener_name,
                                                          self._listener_pid))
             row = await cursor.fetchone()
             self._others_listen = bool(row and row[0])
-            self._others_seen_at = now
+            self._others_seen_at = time.monotonic()
         return self._others_listen
 
     async def close(self) -> None:
