@@ -14,17 +14,36 @@ transaction, as a savepoint, one member after another on the group's connection:
 `SAVEPOINT s_i` rides with its first statement (with its org's scope,
 services.shared.sql), then its reads (the key's lock and row, SELECT … FOR
 UPDATE), then its writes, event append and stored outcome with `RELEASE
-SAVEPOINT s_i`, in one round trip, as its commit. Only then does the next
-member start. A member whose statements fail (a guard: CONCURRENT_CHANGE; a
-unique or exclusion violation; a deadlock or lock timeout) or that refuses, or
-that answers a replay without writing, is undone by `ROLLBACK TO SAVEPOINT
-s_i` (sent ahead of what follows on the connection, so it costs no round trip
-of its own) and gets its own answer; the others are not touched. The group
-ends with one COMMIT. If that fails (the connection is lost, the backend is
-terminated) or the group breaks mid-way (a member was cancelled while it may
-have had a statement in flight), every member, whatever it answered, gets a
-transient error and runs again under its own key: nothing is half-applied,
-because nothing was committed.
+SAVEPOINT s_i` as its commit. Only then does the next member start. A member
+whose statements fail (a guard: CONCURRENT_CHANGE; a unique or exclusion
+violation; a deadlock or lock timeout) or that refuses, or that answers a replay
+without writing, is undone by `ROLLBACK TO SAVEPOINT s_i` (sent ahead of what
+follows on the connection, so it costs no round trip of its own) and gets its
+own answer; the others are not touched. The group ends with one COMMIT. If that
+fails (the connection is lost, the backend is terminated) or the group breaks
+mid-way (a member was cancelled while it may have had a statement in flight, or
+a round trip was lost), every member, whatever it answered, gets a transient
+error and runs again under its own key: nothing is half-applied, because
+nothing was committed.
+
+Held back. Most write calls read nothing before their commit (CreateLead; a
+status change or a confirm from a kept row; a text: services.shared.uow), so a
+member's whole unit of work is one string, from its SAVEPOINT to its RELEASE. A
+member that has sent nothing when it commits does not send it: it is held back
+(`sql.detach`, `sql.hold`) and the next member starts at once. What is held goes
+out with the group's next round trip, ahead of everything else: the next
+member's first read (`_flush`, in a round trip of its own just before it, so the
+read sees those writes as it would have alone), or the group's COMMIT. So a group
+of n such members costs one round trip, not n + 1. The members held go out
+inside a savepoint of the flush (`SAVEPOINT f` … `RELEASE SAVEPOINT f`). If a
+statement of one fails, the flush's string stops there, so it is undone (`ROLLBACK
+TO SAVEPOINT f`) and the members go out again one by one, each in its own round
+trip, and one that fails is undone alone (`ROLLBACK TO SAVEPOINT s_i`) and gets
+its failure as its own answer, exactly as if it had sent its commit itself: what
+a member held sees and does is what it would have seen and done had it sent it at
+its turn (the statements are the same, their values bound; its locks are taken
+as they run, before anything of the members after it). A member held back is
+answered only once the group has committed, as any member.
 
 Why this keeps each call isolated. The locks a member takes (its key's
 advisory lock, its rows' FOR UPDATE locks, its writes' row locks) are the
@@ -60,18 +79,24 @@ leaves a gap in the positions, as an aborted transaction does. Each member
 announces its events after the COMMIT, and the announcements coalesce into one
 NOTIFY as before.
 
-What it costs. Members run one after another on one connection, so a member
-waits for the members before it: a group of n holds n times (a read round trip and
-a commit round trip, plus the member's own Python work) before its COMMIT. In
-exchange the database runs one transaction and one WAL flush instead of n, and
-uses `lanes` connections for writes instead of one per concurrent call. Every
-group is capped at `most` members (PostgreSQL keeps 64 subtransactions per
-backend in shared memory; more would slow every snapshot). Two groups (or a
-group and another transaction) can deadlock where their members alone would
-have waited in turn: PostgreSQL detects it, aborts the waiting member's
-savepoint, and that member runs again. A unit of work must not open another
-write unit of work while it holds its seat (none does: SQLite's single writer
-would deadlock the same way).
+What it costs. Members run one after another on one connection, so a member waits
+for the members before it: a group of n holds n times the members' own Python work,
+and each member that reads first its read round trips (and a round trip for those
+held back before it), before its COMMIT. In exchange the database runs one
+transaction and one WAL flush instead of n, the process sends one round trip for the
+members that read nothing instead of one each, and writes use `lanes` connections
+instead of one per concurrent call. One lane by default: a group whose members are
+held back costs one round trip however large, so every call queued behind the lane's
+transaction is best carried by the next one (at CreateLead c=32: 0.2 round trips a
+call with one lane, 0.67 with two; README, "Writes that scale"). Every group is
+capped at `most` members, and holds members back only while its flushes' savepoints
+and its members' together stay within 64 (PostgreSQL keeps 64 subtransactions per
+backend in shared memory; more would slow every snapshot); past that, a member sends
+its commit itself. Two groups (or a group and another transaction) can deadlock
+where their members alone would have waited in turn: PostgreSQL detects it, aborts
+the waiting member's savepoint, and that member runs again. A unit of work must not
+open another write unit of work while it holds its seat (none does: SQLite's single
+writer would deadlock the same way).
 
 CRM_GROUP_COMMIT sets `most` (32 by default); 0 or 1 turns grouping off (every call
 commits alone, as on SQLite, which keeps its single writer and never groups).
@@ -81,6 +106,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -94,13 +120,20 @@ from services.shared import metrics, sql
 from services.shared.db import Database, RunAgain
 
 # How many write transactions may be in flight before calls queue to be grouped.
-LANES = 2
+LANES = 1
 # The most calls one group carries.
 MOST = 32
+# The subtransactions PostgreSQL keeps per backend in shared memory: a group's
+# savepoints (its members', its flushes') stay within them.
+SUBTRANSACTIONS = 64
 
 INERROR = TransactionStatus.INERROR
+INTRANS = TransactionStatus.INTRANS
+IDLE = TransactionStatus.IDLE
 _RELEASE = "RELEASE SAVEPOINT {}"
 _ROLLBACK_TO = "ROLLBACK TO SAVEPOINT {}"
+# The savepoint a flush of held-back members runs in (see "Held back").
+_FLUSH = "f"
 
 
 class GroupFailed(RunAgain):
@@ -113,9 +146,26 @@ class _Member:
 
 
 @dataclass(eq=False)
+class _Held:
+    """A member's whole unit of work, from its SAVEPOINT to its RELEASE, held back to go
+    out with the group's next round trip."""
+
+    statements: list[tuple[str, sql.Params]]
+    savepoint: str
+    # None once it has run; its own failure if it did not (it was undone alone).
+    ran: asyncio.Future[BaseException | None]
+
+    def resolve(self, failure: BaseException | None) -> None:
+        if not self.ran.done():  # a member cancelled meanwhile no longer waits for it
+            self.ran.set_result(failure)
+
+
+@dataclass(eq=False)
 class _Group:
     conn: AsyncConnection
     done: asyncio.Future[None]
+    # Members held back, to go out with the next round trip (`_flush`).
+    held: list[_Held] = field(default_factory=list)
     # Set by the member whose turn it is when it gives the connection back.
     handed: asyncio.Event = field(default_factory=asyncio.Event)
     # To send before whatever follows on the connection (a failed member's rollback).
@@ -124,7 +174,19 @@ class _Group:
     keys: set[int] = field(default_factory=set)
     seated: int = 0
     broken: bool = False
+    # How many more flushes its subtransactions leave room for (see "What it costs").
+    flushes_left: int = 0
     names: itertools.count[int] = field(default_factory=itertools.count)
+
+    def room_to_hold(self) -> bool:
+        """Whether a member may be held back: with those held already, or by a flush
+        of its own the group's subtransactions leave room for."""
+        if self.held:
+            return True
+        if self.flushes_left > 0:
+            self.flushes_left -= 1
+            return True
+        return False
 
 
 class Seat:
@@ -132,10 +194,12 @@ class Seat:
     group's transaction, inside savepoint `savepoint`."""
 
     def __init__(self, conn: AsyncConnection, group: _Group | None = None,
-                 savepoint: str = "") -> None:
+                 savepoint: str = "", *, clean: bool = True) -> None:
         self.conn = conn
         self.group = group
         self.savepoint = savepoint
+        # Whether nothing goes out ahead of its savepoint (an earlier member's undoing).
+        self.clean = clean
         self.released = False
         self.handed_over = False
         self._keys: set[int] = set()
@@ -163,9 +227,30 @@ class Seat:
             await sql.batch(self.conn, statements, commit=True)
             return
         release = sql.raw(_RELEASE.format(self.savepoint))
+        if self.clean and not sql.scope_sent(self.conn) and self.group.room_to_hold():
+            await self._held_back([*statements, (release, {})])
+            return
         await sql.batch(self.conn, [*statements, (release, {})])
         self.released = True
         self.hand_over()
+        await self.outcome()
+
+    async def _held_back(self, statements: list[tuple[sql.Statement | sql.Guarded,
+                                                      sql.Params]]) -> None:
+        """Commit a member that has sent nothing yet: its whole unit of work goes out
+        with the group's next round trip (see "Held back")."""
+        group = self.group
+        assert group is not None
+        held = _Held(sql.detach(self.conn, statements), self.savepoint,
+                     asyncio.get_running_loop().create_future())
+        group.held.append(held)
+        sql.hold(self.conn, functools.partial(_flush, group))
+        self.released = True  # or undone by the flush, which sends its rollback itself
+        self.hand_over()
+        failure = await held.ran
+        if failure is not None:
+            group.keys -= self._keys  # undone: its locks went with its savepoint
+            raise failure
         await self.outcome()
 
     def hand_over(self) -> None:
@@ -231,7 +316,7 @@ class GroupCommit:
         savepoint = f"s{next(group.names)}"
         sql.scope(group.conn, org, every_statement=False,
                   preamble=[*group.after, (sql.raw(f"SAVEPOINT {savepoint}"), {})])
-        seat = Seat(group.conn, group, savepoint)
+        seat = Seat(group.conn, group, savepoint, clean=not group.after)
         try:
             yield seat
         except asyncio.CancelledError:
@@ -277,29 +362,16 @@ class GroupCommit:
         group: _Group | None = None
         try:
             async with self.db.transaction(write=True) as conn:
-                with self._retired_if_broken(conn):
-                    group = _Group(conn, done)
-                    for member in members:
-                        if member.turn.done():
-                            continue  # cancelled while it waited
-                        if group.broken:
-                            member.turn.set_exception(GroupFailed("the group broke off"))
-                            continue
-                        group.handed.clear()
-                        member.turn.set_result(group)
-                        await group.handed.wait()
-                        if sql.driver(conn).broken:
-                            group.broken = True  # the connection is gone: so is the group
-                    if group.broken:
-                        raise GroupFailed("a member was cancelled mid-statement")
-                    if not group.after and sql.driver(conn).info.transaction_status == INERROR:
-                        # COMMIT would roll back without a word: the members must not
-                        # be told their work committed.
-                        raise GroupFailed("the group's transaction failed")
-                    await sql.batch(conn, group.after, commit=True)
+                group = _Group(conn, done, flushes_left=SUBTRANSACTIONS - self.most)
+                try:
+                    with self._retired_if_broken(conn):
+                        await _turns(group, members)
+                        await _commit(group)
+                finally:
+                    sql.release_held(conn)  # never for the connection's next transaction
             done.set_result(None)
         except BaseException as error:
-            _fail(done, members, error)
+            _fail(done, members, error, group)
             if not isinstance(error, Exception):
                 raise
         finally:
@@ -309,7 +381,91 @@ class GroupCommit:
             self._dispatch()
 
 
-def _fail(done: asyncio.Future[None], members: list[_Member], error: BaseException) -> None:
+async def _turns(group: _Group, members: list[_Member]) -> None:
+    """Give each member its turn on the group's connection, one after another."""
+    for member in members:
+        if member.turn.done():
+            continue  # cancelled while it waited
+        if group.broken:
+            member.turn.set_exception(GroupFailed("the group broke off"))
+            continue
+        group.handed.clear()
+        member.turn.set_result(group)
+        await group.handed.wait()
+        if sql.driver(group.conn).broken:
+            group.broken = True  # the connection is gone: so is the group
+
+
+async def _commit(group: _Group) -> None:
+    """COMMIT the group, with the members still held back, in one round trip."""
+    if group.broken:
+        raise GroupFailed("the group broke off (a member cancelled mid-statement, "
+                          "or a round trip lost)")
+    if not group.after and sql.driver(group.conn).info.transaction_status == INERROR:
+        # COMMIT would roll back without a word: the members must not be told their
+        # work committed.
+        raise GroupFailed("the group's transaction failed")
+    if sql.release_held(group.conn) is not None:
+        await _flush(group, commit=True)
+    else:
+        await sql.batch(group.conn, group.after, commit=True)
+
+
+async def _flush(group: _Group, *, commit: bool = False) -> None:
+    """Send the members held back in one round trip (and COMMIT, if asked), inside a
+    savepoint of the flush's own. If one of them fails, the flush is undone and they
+    go out again one by one, each undone alone if it fails: its failure is its own."""
+    held, group.held = group.held, []
+    conn = group.conn
+    ahead = [(sql.postgres_sql(statement, params), params) for statement, params in group.after]
+    group.after = []
+    try:
+        try:
+            await sql.send(conn, [
+                *ahead, (f"SAVEPOINT {_FLUSH}", {}),
+                *(statement for member in held for statement in member.statements),
+                (_RELEASE.format(_FLUSH), {})], commit=commit)
+        except Exception:
+            if (undo := _undoing(conn, _FLUSH)) is None:
+                raise  # the transaction is lost, or has ended: so has the group
+            await sql.send(conn, undo or [*ahead, (f"SAVEPOINT {_FLUSH}", {})])
+            for member in held:
+                await _one_by_one(conn, member)
+            await sql.send(conn, [(_RELEASE.format(_FLUSH), {})], commit=commit)
+    except BaseException:
+        group.broken = True  # what ran is unknown: the group does not commit
+        raise
+    finally:
+        for member in held:
+            member.resolve(None)  # ran; or the group's outcome decides (it fails)
+
+
+async def _one_by_one(conn: AsyncConnection, member: _Held) -> None:
+    """Send one member held back in a round trip of its own; undo it alone if it fails."""
+    try:
+        await sql.send(conn, member.statements)
+    except Exception as failure:
+        if (undo := _undoing(conn, member.savepoint)) is None:
+            raise
+        if undo:
+            await sql.send(conn, undo)
+        member.resolve(failure)
+
+
+def _undoing(conn: AsyncConnection, savepoint: str) -> list[tuple[str, sql.Params]] | None:
+    """What undoes a round trip that failed on `conn`, back to `savepoint`: its
+    ROLLBACK TO if a statement failed, nothing if the string was never sent; None if
+    the transaction is lost or has ended."""
+    state = sql.driver(conn).info.transaction_status
+    if state == INERROR:
+        return [(_ROLLBACK_TO.format(savepoint), {})]
+    if state == INTRANS or (state == IDLE and not sql.begun(conn)):
+        return []
+    return None
+
+
+def _fail(done: asyncio.Future[None], members: list[_Member], error: BaseException,
+          group: _Group | None) -> None:
     """The group did not commit: every member, seated or still waiting, runs again."""
     failed = (error if isinstance(error, RunAgain)
               else GroupFailed(f"the group did not commit: {error!r}"[:300]))
@@ -321,6 +477,8 @@ def _fail(done: asyncio.Future[None], members: list[_Member], error: BaseExcepti
         if not member.turn.done():
             member.turn.set_exception(failed)
             member.turn.add_done_callback(_retrieved)
+    for held in group.held if group is not None else ():
+        held.resolve(None)  # never sent: the group's failure is its answer
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

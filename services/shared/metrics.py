@@ -46,3 +46,7 @@ KEPT_ROWS = Counter(
     "ran again reading).",
     ["service", "outcome"],
 )
+DB_ROUND_TRIPS = Counter(
+    "crm_db_round_trips_total",
+    "PostgreSQL round trips of this process's statements sent in batches (services.shared.sql).",
+)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import itertools
 import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -67,7 +67,10 @@ from sqlalchemy import Executable, TextClause, text
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.shared import metrics
+
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+_ROUND_TRIPS = metrics.DB_ROUND_TRIPS
 # Compiled SQL, per statement and per set of parameter names. Keyed by the
 # statement itself, held weakly: a statement's SQL goes when it goes, and can
 # never be served for another statement that happens to take its place (and id).
@@ -116,6 +119,9 @@ class _Scope:
 _scopes: weakref.WeakKeyDictionary[AsyncConnection, _Scope] = weakref.WeakKeyDictionary()
 # The psycopg connections of write transactions whose BEGIN has not gone out yet.
 _unbegun: weakref.WeakSet[Any] = weakref.WeakSet()
+# Per psycopg connection: what sends the statements held back on it (`hold`).
+_held: weakref.WeakKeyDictionary[Any, Callable[[], Awaitable[None]]] = (
+    weakref.WeakKeyDictionary())
 
 
 def begin_with_first_statement(conn: AsyncConnection) -> None:
@@ -133,6 +139,11 @@ def forget(conn: AsyncConnection, driver_connection: Any) -> None:
     _scopes.pop(conn, None)
 
 
+def begun(conn: AsyncConnection) -> bool:
+    """Whether the transaction on `conn` has sent its BEGIN (if it is to send one)."""
+    return driver(conn) not in _unbegun
+
+
 def _take_begin(driver_connection: Any) -> bool:
     """Whether a BEGIN is pending on this psycopg connection; it is the caller's to
     send from now on."""
@@ -145,6 +156,9 @@ def _take_begin(driver_connection: Any) -> bool:
 def begin_if_pending(driver_connection: Any, cursor: Any) -> None:
     """Send the pending BEGIN of a write transaction on `cursor` (SQLAlchemy's,
     before it runs a statement of its own: the engine's before_cursor_execute)."""
+    if driver_connection in _held:
+        raise RuntimeError("statements are held back on this connection: send through "
+                           "services.shared.sql, which sends them first")
     if _take_begin(driver_connection):
         cursor.execute(BEGIN.text)
 
@@ -171,14 +185,15 @@ def scope_sent(conn: AsyncConnection) -> bool:
     return found is not None and not found.pending
 
 
-def _scoping(conn: AsyncConnection
+def _scoping(conn: AsyncConnection, *, with_begin: bool = True,
              ) -> tuple[list[tuple[Statement, Params]], Callable[[], None]]:
     """What to send before the next statement on `conn` (its BEGIN, its preamble,
     the set_config and the riders of `ahead`, if it needs them), and what marks
     them sent. The mark is made once the round trip's string is built, just before
     it goes: a string that could not be built (a value psycopg cannot quote) sends
-    nothing, and leaves them all for the next."""
-    driver_connection = driver(conn) if _unbegun else None  # reads never look it up
+    nothing, and leaves them all for the next. `with_begin` False: a pending BEGIN
+    is left pending."""
+    driver_connection = driver(conn) if _unbegun and with_begin else None
     begin = driver_connection is not None and driver_connection in _unbegun
     statements: list[tuple[Statement, Params]] = [(BEGIN, {})] if begin else []
     found = _scopes.get(conn)
@@ -199,6 +214,50 @@ def _scoping(conn: AsyncConnection
                 found.pending = found.every_statement
 
     return statements, sent
+
+
+def detach(conn: AsyncConnection, statements: Sequence[tuple[Statement | Guarded, Params]]
+           ) -> list[tuple[str, Params]]:
+    """PostgreSQL: what the connection's scope still has to send (its preamble, the
+    set_config, the riders of `ahead`) and then `statements`, as SQL to go out later
+    through `send`, in a round trip of the caller's choosing; the scope counts as
+    sent. A pending BEGIN stays pending: it goes out with whatever is sent next."""
+    scoping, sent = _scoping(conn, with_begin=False)
+    detached = [(postgres_sql(statement, params), params)
+                for statement, params in (*scoping, *statements)]
+    sent()
+    return detached
+
+
+async def send(conn: AsyncConnection, statements: Sequence[tuple[str, Params]], *,
+               commit: bool = False) -> None:
+    """PostgreSQL: SQL made by `detach`, in one round trip, after the transaction's
+    BEGIN if that has not gone out, and then COMMIT if asked; nothing of the scope
+    named for `conn` (by now it is another unit of work's). Raises as `batch`."""
+    raw_connection = driver(conn)
+    begin = raw_connection in _unbegun
+
+    def begins() -> None:
+        _take_begin(raw_connection)
+
+    await _at_once(raw_connection, [
+        *([(BEGIN.text, {})] if begin else []), *statements,
+        *([(COMMIT.text, {})] if commit else [])],
+        tuple_row, begins if begin else None, rows=False)
+    if commit and conn.in_transaction():
+        await conn.commit()  # SQLAlchemy's books, if it keeps any; nothing left to send
+
+
+def hold(conn: AsyncConnection, flush: Callable[[], Awaitable[None]]) -> None:
+    """PostgreSQL: statements are held back on `conn` (a group commit's members'
+    writes): before anything else goes out on it through this module, `flush()` is
+    awaited, once, to send them."""
+    _held[driver(conn)] = flush
+
+
+def release_held(conn: AsyncConnection) -> Callable[[], Awaitable[None]] | None:
+    """What `hold` left to send on `conn`, no longer held: the caller sends it."""
+    return _held.pop(driver(conn), None)
 
 
 def raw(sql_text: str) -> Executable:
@@ -283,7 +342,10 @@ async def batch(
 async def _in_scope(conn: AsyncConnection, statements: Sequence[tuple[str, Params]],
                     row_factory: Any) -> list[list[Any]]:
     """The rows of each of `statements` (psycopg's SQL), sent in one round trip after
-    what the connection's scope still has to send (`_scoping`)."""
+    what the connection's scope still has to send (`_scoping`), and after what was
+    held back on it (`hold`)."""
+    if _held and (flush := release_held(conn)) is not None:
+        await flush()
     scoping, scoping_sent = _scoping(conn)
     found = await _at_once(driver(conn), [
         *((postgres_sql(statement, params), params) for statement, params in scoping),
@@ -292,9 +354,11 @@ async def _in_scope(conn: AsyncConnection, statements: Sequence[tuple[str, Param
 
 
 async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_factory: Any,
-                   built: Callable[[], None] | None = None) -> list[list[Any]]:
+                   built: Callable[[], None] | None = None, *, rows: bool = True,
+                   ) -> list[list[Any]]:
     """The rows of each of `statements`, sent as one query string in one round trip;
-    `built` is called once the string is built, before it is sent.
+    `built` is called once the string is built, before it is sent. `rows` False:
+    none are read (nothing is returned), so nothing can fail once the string has run.
 
     See the module docstring. The statements run in order; the first that fails
     stops the rest (in a transaction it would abort them anyway).
@@ -318,6 +382,7 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
         wanted.add(len(parts) - 1)
     if built is not None:
         built()
+    _ROUND_TRIPS.inc()
     try:
         await cursor.execute(";\n".join(parts))
     except psycopg.errors.InvalidTextRepresentation as error:
@@ -336,12 +401,14 @@ async def _at_once(raw: Any, statements: Sequence[tuple[str, Params]], row_facto
     # Only now known to exist: a statement prepared by a string that failed may or
     # may not be, so it is prepared again under a new name when next needed.
     state.names.update(preparing)
+    state.cursors[row_factory] = cursor  # a round trip that failed drops its cursor
+    if not rows:
+        return []
     found: list[list[Any]] = []
     for index in range(len(parts)):
         if index in wanted:
             found.append(await cursor.fetchall() if cursor.description else [])
         cursor.nextset()
-    state.cursors[row_factory] = cursor  # a round trip that failed drops its cursor
     return found
 
 

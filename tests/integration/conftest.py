@@ -93,9 +93,24 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sent: list[int] = []
     at_once = sql._at_once
 
-    async def counted(raw: Any, statements: Any, *rest: Any) -> Any:
+    async def counted(raw: Any, statements: Any, *rest: Any, **options: Any) -> Any:
         sent.append(len(statements))
-        return await at_once(raw, statements, *rest)
+        return await at_once(raw, statements, *rest, **options)
 
     monkeypatch.setattr(sql, "_at_once", counted)
+    return sent
+
+
+@pytest.fixture
+def sent_strings(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The statements (their SQL, values unbound) of each PostgreSQL round trip of
+    this process, in the order they went out."""
+    sent: list[list[str]] = []
+    at_once = sql._at_once
+
+    async def recorded(raw: Any, statements: Any, *rest: Any, **options: Any) -> Any:
+        sent.append([text for text, _ in statements])
+        return await at_once(raw, statements, *rest, **options)
+
+    monkeypatch.setattr(sql, "_at_once", recorded)
     return sent

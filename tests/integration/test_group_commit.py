@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from services.leads import messages
+from services.leads.adapters import leads as lead_rows
 from services.leads.adapters import status_changes
 from services.leads.bootstrap import SPEC as LEADS
 from services.leads.domain import Lead, LeadStatus
@@ -34,6 +35,7 @@ from services.shared.db import utcnow
 from services.shared.server import RunningService
 from services.shared.uow import ConcurrentChange, UnitOfWork
 from tests.integration.conftest import create_lead, move
+from tests.integration.test_idempotency import count_leads
 from tests.support.rpc import refusal
 from tests.support.servers import environment, start_in_process
 
@@ -152,7 +154,7 @@ async def test_concurrent_calls_commit_in_fewer_transactions_than_calls(
     server: RunningService, stub: Stub,
 ) -> None:
     # The database is slow for a moment (another transaction holds a lock the
-    # inserts wait for): the two lanes' calls wait on it and the calls behind them
+    # inserts wait for): the lanes' calls wait on it and the calls behind them
     # queue. Left to the scheduler alone, 40 calls on loopback may each find a lane
     # free when they ask (the calls are faster than they arrive), and the test
     # would say nothing.
@@ -167,7 +169,7 @@ async def test_concurrent_calls_commit_in_fewer_transactions_than_calls(
     count, total = (now - then for now, then in zip(transactions(), before, strict=True))
     assert len({lead.lead_id for lead in created}) == 40
     assert total == 40  # every call was carried by a transaction…
-    # …the lanes' two alone, the 38 queued behind them in groups of at most 32
+    # …the lanes' calls alone, those queued behind them in groups of at most 32
     assert count == lanes + math.ceil((40 - lanes) / committer(server).most)
 
 
@@ -324,3 +326,96 @@ async def test_a_unit_of_work_sends_nothing_once_its_seat_has_committed(
         await uow.commit()
         with pytest.raises(RuntimeError, match="committed"):
             await uow.connection()
+
+
+def releases(statements: list[str]) -> int:
+    """How many members' savepoints a round trip released."""
+    return sum(text.startswith("RELEASE SAVEPOINT s") for text in statements)
+
+
+async def test_members_that_read_nothing_go_out_with_the_commit_in_one_round_trip(
+    server: RunningService, stub: Stub, sent_strings: list[list[str]],
+) -> None:
+    answers = await in_one_group(server, [create_lead(stub, name=f"Lead {i}") for i in range(8)])
+    assert all(isinstance(answer, pb.Lead) for answer in answers), answers
+    carrying = [trip for trip in sent_strings if releases(trip)]
+    assert len(carrying) == 1, carrying  # every member's whole unit of work…
+    assert releases(carrying[0]) == 8
+    assert carrying[0][-1] == "COMMIT"  # …and the group's COMMIT, in one string
+    xids = {(await events_of(server, answer.lead_id))[0][0] for answer in answers}
+    assert len(xids) == 1
+
+
+async def test_a_later_members_read_sees_what_the_members_before_it_held_back(
+    server: RunningService, stub: Stub, sent_strings: list[list[str]],
+) -> None:
+    lead = await create_lead(stub)
+    seen: list[int] = []
+
+    async def read_it(uow: UnitOfWork) -> None:
+        async with uow.for_caller(ALICE):
+            (row,) = await uow.execute(select(lead_rows.c.version)
+                                       .where(lead_rows.c.lead_id == lead.lead_id))
+            seen.append(row.version)
+            await uow.commit()
+
+    before = groups_of(2) - groups_of(1)
+    async with Hold(server) as hold:
+        # The move writes from the lead's kept copy: it reads nothing, and is held back.
+        moved = asyncio.ensure_future(move(stub, lead.lead_id, pb.LEAD_STATUS_CONTACTED))
+        await until(lambda: hold.queued() == 1)
+        reader = asyncio.ensure_future(server.runtime.units.attempt(read_it, time_remaining=10))
+        await until(lambda: hold.queued() == 2)
+    assert (await moved).version == 2
+    await reader
+    assert groups_of(2) - groups_of(1) == before + 1  # the two went out together
+    # The move went out just ahead of the read, which saw it as it would have alone.
+    assert seen == [2]
+    flushes = [trip for trip in sent_strings if "SAVEPOINT f" in trip]
+    assert len(flushes) == 1
+    assert releases(flushes[0]) == 1
+    assert "COMMIT" not in flushes[0]
+
+
+async def test_a_member_held_back_whose_key_was_not_free_is_undone_alone(
+    server: RunningService, stub: Stub, sent_strings: list[list[str]],
+) -> None:
+    key = new_key()
+    earlier = await create_lead(stub, name="Earlier", key=key)
+    # As another replica would, or this one after a restart: the outcome is not in
+    # memory, so the retry's claim rides with its writes, expecting the key new.
+    server.runtime.storage.keys._remembered.clear()
+    before, replayed, after = await in_one_group(server, [
+        create_lead(stub, name="Before"), create_lead(stub, name="Earlier", key=key),
+        create_lead(stub, name="After")])
+    assert replayed == earlier  # ran again, claiming at once: the stored answer
+    assert isinstance(before, pb.Lead) and isinstance(after, pb.Lead)
+    assert (before.name, after.name) == ("Before", "After")
+    assert await count_leads(server) == 3
+    # The group's string stopped at the retry's claim: it was undone whole and went
+    # out again one member at a time; the two others still committed together.
+    assert any("ROLLBACK TO SAVEPOINT f" in trip for trip in sent_strings)
+    assert (await events_of(server, before.lead_id))[0][0] == (
+        await events_of(server, after.lead_id))[0][0]
+
+
+async def test_a_statement_sent_around_the_batches_while_members_are_held_back_is_refused(
+    server: RunningService, stub: Stub,
+) -> None:
+    # It would go out ahead of what the members before it hold back: out of turn.
+    lead = await create_lead(stub)
+
+    async def around(uow: UnitOfWork) -> None:
+        async with uow.for_caller(ALICE):
+            conn = await uow.connection()
+            await conn.execute(select(lead_rows.c.version)
+                               .where(lead_rows.c.lead_id == lead.lead_id))
+
+    async with Hold(server) as hold:
+        moved = asyncio.ensure_future(move(stub, lead.lead_id, pb.LEAD_STATUS_CONTACTED))
+        await until(lambda: hold.queued() == 1)
+        stray = asyncio.ensure_future(server.runtime.units.attempt(around, time_remaining=10))
+        await until(lambda: hold.queued() == 2)
+    assert (await moved).version == 2  # the member held back is not touched
+    with pytest.raises(Exception, match="held back"):
+        await stray

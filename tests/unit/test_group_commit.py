@@ -85,3 +85,17 @@ async def test_a_member_that_sent_nothing_leaves_what_was_to_be_sent() -> None:
               preamble=[*pending, (sql.raw("SAVEPOINT s1"), {})])
     second.hand_over()  # never sent a statement
     assert first.group.after == pending
+
+
+async def test_members_are_held_back_only_while_the_groups_subtransactions_leave_room() -> None:
+    (first,) = seats(1)
+    group = first.group
+    assert group is not None
+    group.flushes_left = 1
+    assert group.room_to_hold()  # the first held back: a flush of its own is due
+    group.held.append(group_commit._Held([], "s0", asyncio.get_running_loop().create_future()))
+    assert group.room_to_hold()  # rides with the flush already due
+    group.held.clear()  # that flush went out
+    assert not group.room_to_hold()  # another would take a 65th subtransaction
+    assert group.flushes_left == 0
+
