@@ -1,12 +1,12 @@
 """Group commit (PostgreSQL): concurrent write calls of one process share one
 transaction, and so one COMMIT (one WAL flush) and one connection.
 
-How a call is placed. Every write unit of work asks the process's committer
-for a seat (one committer per Database). While fewer than `lanes` write
-transactions are in flight, a call gets a transaction of its own at once,
-exactly as without grouping: a lone call never waits for company. Once every
-lane is busy, arriving calls queue; when a lane frees, everything queued (up to
-`most` calls) goes out as one group: one connection, one transaction, one
+How a call is placed. Every write unit of work asks the process's committer for
+a seat (one committer per Database). While fewer than `lanes` write transactions
+are in flight (see "What it costs"), a call gets a transaction of its own at
+once, exactly as without grouping: a lone call never waits for company. Once
+every lane is busy, arriving calls queue; when a lane frees, everything queued
+(up to `most` calls) goes out as one group: one connection, one transaction, one
 COMMIT. Calls that arrive while a group runs wait for the next one.
 
 What a member runs. Each member runs its WHOLE unit of work inside the group's
@@ -85,18 +85,22 @@ and each member that reads first its read round trips (and a round trip for thos
 held back before it), before its COMMIT. In exchange the database runs one
 transaction and one WAL flush instead of n, the process sends one round trip for the
 members that read nothing instead of one each, and writes use `lanes` connections
-instead of one per concurrent call. One lane by default: a group whose members are
-held back costs one round trip however large, so every call queued behind the lane's
-transaction is best carried by the next one (at CreateLead c=32: 0.2 round trips a
-call with one lane, 0.67 with two; README, "Writes that scale"). Every group is
-capped at `most` members, and holds members back only while its flushes' savepoints
-and its members' together stay within 64 (PostgreSQL keeps 64 subtransactions per
-backend in shared memory; more would slow every snapshot); past that, a member sends
-its commit itself. Two groups (or a group and another transaction) can deadlock
-where their members alone would have waited in turn: PostgreSQL detects it, aborts
-the waiting member's savepoint, and that member runs again. A unit of work must not
-open another write unit of work while it holds its seat (none does: SQLite's single
-writer would deadlock the same way).
+instead of one per concurrent call. Lanes: two, narrowed to one while the last
+group's members were all held back. Such a group costs one round trip however large,
+so the calls queued behind a transaction in flight are best left to gather for the
+next group (at CreateLead c=32: 0.19 round trips a call with one lane, 0.67 with
+two); members that read take round trips of their own, one after another, and a
+second lane lets another group work while they wait (ConfirmAppointment of rows the
+process does not keep lost a third of its calls a second on one lane). README,
+"Writes that scale", has the figures. Every group is capped at `most` members, and
+holds members back only while its flushes' savepoints and its members' together stay
+within 64 (PostgreSQL keeps 64 subtransactions per backend in shared memory; more
+would slow every snapshot); past that, a member sends its commit itself. Two groups
+(or a group and another transaction) can deadlock where their members alone would
+have waited in turn: PostgreSQL detects it, aborts the waiting member's savepoint,
+and that member runs again. A unit of work must not open another write unit of work
+while it holds its seat (none does: SQLite's single writer would deadlock the same
+way).
 
 CRM_GROUP_COMMIT sets `most` (32 by default); 0 or 1 turns grouping off (every call
 commits alone, as on SQLite, which keeps its single writer and never groups).
@@ -119,8 +123,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.shared import metrics, sql
 from services.shared.db import Database, RunAgain
 
-# How many write transactions may be in flight before calls queue to be grouped.
-LANES = 1
+# How many write transactions may be in flight before calls queue to be grouped
+# (one while the last group's members were all held back: see "What it costs").
+LANES = 2
 # The most calls one group carries.
 MOST = 32
 # The subtransactions PostgreSQL keeps per backend in shared memory: a group's
@@ -173,10 +178,13 @@ class _Group:
     # The idempotency keys' locks its members took.
     keys: set[int] = field(default_factory=set)
     seated: int = 0
+    # Its members that sent statements themselves (read first), not held back.
+    sent_own: int = 0
     broken: bool = False
     # How many more flushes its subtransactions leave room for (see "What it costs").
     flushes_left: int = 0
     names: itertools.count[int] = field(default_factory=itertools.count)
+    service: str = ""
 
     def room_to_hold(self) -> bool:
         """Whether a member may be held back: with those held already, or by a flush
@@ -202,6 +210,7 @@ class Seat:
         self.clean = clean
         self.released = False
         self.handed_over = False
+        self.held = False  # its statements went out with the group's, held back
         self._keys: set[int] = set()
 
     def take_key(self, lock: int) -> bool:
@@ -246,6 +255,7 @@ class Seat:
         group.held.append(held)
         sql.hold(self.conn, functools.partial(_flush, group))
         self.released = True  # or undone by the flush, which sends its rollback itself
+        self.held = True
         self.hand_over()
         failure = await held.ran
         if failure is not None:
@@ -260,6 +270,8 @@ class Seat:
         if group is None or self.handed_over:
             return
         self.handed_over = True
+        if sql.scope_sent(self.conn) and not self.held:
+            group.sent_own += 1
         if sql.scope_sent(self.conn):
             group.after = []  # it went out ahead of this member's first statement
             if not self.released:
@@ -281,6 +293,9 @@ class GroupCommit:
         self.db = db
         self.most = most
         self.lanes = lanes
+        # One lane only while the last group's members were all held back (see "What
+        # it costs").
+        self._narrowed = False
         self._open = 0
         self._queue: deque[_Member] = deque()
         self._service = ""
@@ -290,7 +305,7 @@ class GroupCommit:
         """A place to run one write unit of work in `org`'s scope; leaving it
         without a commit rolls the unit of work back."""
         self._service = self._service or service
-        if self._open < self.lanes and not self._queue:
+        if self._open < (1 if self._narrowed else self.lanes) and not self._queue:
             self._open += 1
             try:
                 async with self.db.transaction(write=True) as conn:
@@ -333,7 +348,7 @@ class GroupCommit:
 
     def _dispatch(self) -> None:
         """Send what queued out as groups, while lanes are free."""
-        while self._open < self.lanes and self._queue:
+        while self._open < (1 if self._narrowed else self.lanes) and self._queue:
             members: list[_Member] = []
             while self._queue and len(members) < self.most:
                 member = self._queue.popleft()
@@ -362,7 +377,8 @@ class GroupCommit:
         group: _Group | None = None
         try:
             async with self.db.transaction(write=True) as conn:
-                group = _Group(conn, done, flushes_left=SUBTRANSACTIONS - self.most)
+                group = _Group(conn, done, flushes_left=SUBTRANSACTIONS - self.most,
+                               service=self._service)
                 try:
                     with self._retired_if_broken(conn):
                         await _turns(group, members)
@@ -377,6 +393,7 @@ class GroupCommit:
         finally:
             if group is not None and group.seated:
                 metrics.GROUP_COMMIT_CALLS.labels(self._service).observe(group.seated)
+                self._narrowed = group.sent_own == 0
             self._open -= 1
             self._dispatch()
 
@@ -405,7 +422,8 @@ async def _commit(group: _Group) -> None:
         # COMMIT would roll back without a word: the members must not be told their
         # work committed.
         raise GroupFailed("the group's transaction failed")
-    if sql.release_held(group.conn) is not None:
+    sql.release_held(group.conn)  # sent here, with the COMMIT
+    if group.held:
         await _flush(group, commit=True)
     else:
         await sql.batch(group.conn, group.after, commit=True)
@@ -425,9 +443,11 @@ async def _flush(group: _Group, *, commit: bool = False) -> None:
                 *ahead, (f"SAVEPOINT {_FLUSH}", {}),
                 *(statement for member in held for statement in member.statements),
                 (_RELEASE.format(_FLUSH), {})], commit=commit)
+            metrics.GROUP_COMMIT_FLUSHES.labels(group.service, "together").inc()
         except Exception:
             if (undo := _undoing(conn, _FLUSH)) is None:
                 raise  # the transaction is lost, or has ended: so has the group
+            metrics.GROUP_COMMIT_FLUSHES.labels(group.service, "one_by_one").inc()
             await sql.send(conn, undo or [*ahead, (f"SAVEPOINT {_FLUSH}", {})])
             for member in held:
                 await _one_by_one(conn, member)

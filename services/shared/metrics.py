@@ -50,3 +50,9 @@ DB_ROUND_TRIPS = Counter(
     "crm_db_round_trips_total",
     "PostgreSQL round trips of this process's statements sent in batches (services.shared.sql).",
 )
+GROUP_COMMIT_FLUSHES = Counter(
+    "crm_group_commit_flushes_total",
+    "Round trips that carried group members held back (group commit), by how they went: "
+    "together, or one by one after one of them failed.",
+    ["service", "how"],
+)

@@ -32,6 +32,11 @@ BEGIN is a statement of ours that goes out with the first statement (see
 a round trip of its own, before the first statement could go. Its COMMIT is a
 statement too, sent in the same round trip as the last writes.
 
+A group commit's member may leave its statements to go out later (`detach`,
+`hold`): the next round trip on the connection through this module sends them
+first (`_in_scope`), and a statement sent around this module while some are held
+is refused, since it would go out ahead of them (`begin_if_pending`).
+
 SQLite runs the same statements through SQLAlchemy, one by one: its writers
 are serialized in the process and its round trips are function calls.
 

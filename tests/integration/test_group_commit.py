@@ -77,6 +77,13 @@ def groups_of(size: int) -> float:
     return found or 0.0
 
 
+def flushes(how: str) -> float:
+    """How many flushes of members held back went out `how` so far (leads)."""
+    found = REGISTRY.get_sample_value("crm_group_commit_flushes_total",
+                                      {"service": "leads", "how": how})
+    return found or 0.0
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Wait for what other tasks are doing to reach `condition` (no time is asserted)."""
     for _ in range(2000):
@@ -87,17 +94,20 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 class Hold:
-    """Holds the committer's only lane with an open write transaction until released,
-    so that calls arriving meanwhile queue and then go out as one group."""
+    """Holds the committer's only lane (`lanes` 1; None: one of the lanes it has) with
+    an open write transaction until released, so that calls arriving meanwhile queue
+    and then go out as one group."""
 
-    def __init__(self, server: RunningService) -> None:
+    def __init__(self, server: RunningService, lanes: int | None = 1) -> None:
         self.server = server
         self.committer = committer(server)
+        self.lanes = lanes  # None: as the committer has them
         self.release = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Hold:
-        self.committer.lanes = 1
+        if self.lanes is not None:
+            self.committer.lanes = self.lanes
         started = asyncio.Event()
 
         async def hold() -> None:
@@ -336,8 +346,10 @@ def releases(statements: list[str]) -> int:
 async def test_members_that_read_nothing_go_out_with_the_commit_in_one_round_trip(
     server: RunningService, stub: Stub, sent_strings: list[list[str]],
 ) -> None:
+    together = flushes("together")
     answers = await in_one_group(server, [create_lead(stub, name=f"Lead {i}") for i in range(8)])
     assert all(isinstance(answer, pb.Lead) for answer in answers), answers
+    assert flushes("together") == together + 1
     carrying = [trip for trip in sent_strings if releases(trip)]
     assert len(carrying) == 1, carrying  # every member's whole unit of work…
     assert releases(carrying[0]) == 8
@@ -385,6 +397,7 @@ async def test_a_member_held_back_whose_key_was_not_free_is_undone_alone(
     # As another replica would, or this one after a restart: the outcome is not in
     # memory, so the retry's claim rides with its writes, expecting the key new.
     server.runtime.storage.keys._remembered.clear()
+    one_by_one = flushes("one_by_one")
     before, replayed, after = await in_one_group(server, [
         create_lead(stub, name="Before"), create_lead(stub, name="Earlier", key=key),
         create_lead(stub, name="After")])
@@ -395,6 +408,7 @@ async def test_a_member_held_back_whose_key_was_not_free_is_undone_alone(
     # The group's string stopped at the retry's claim: it was undone whole and went
     # out again one member at a time; the two others still committed together.
     assert any("ROLLBACK TO SAVEPOINT f" in trip for trip in sent_strings)
+    assert flushes("one_by_one") == one_by_one + 1
     assert (await events_of(server, before.lead_id))[0][0] == (
         await events_of(server, after.lead_id))[0][0]
 
@@ -419,3 +433,34 @@ async def test_a_statement_sent_around_the_batches_while_members_are_held_back_i
     assert (await moved).version == 2  # the member held back is not touched
     with pytest.raises(Exception, match="held back"):
         await stray
+
+
+async def test_one_lane_while_the_last_group_was_all_held_back_two_after_one_that_read(
+    server: RunningService, stub: Stub,
+) -> None:
+    # A group of members held back costs one round trip however large, so the
+    # calls behind a write transaction are best left to gather for the next group;
+    # members that read take round trips of their own, and a second lane overlaps them.
+    lead = await create_lead(stub)
+    assert committer(server).lanes == 2
+
+    async def second_call_queues() -> bool:
+        """Whether a call queues while one write transaction is in flight (else it
+        takes a lane of its own and commits at once)."""
+        async with Hold(server, lanes=None) as hold:
+            call = asyncio.ensure_future(create_lead(stub))
+            await until(lambda: hold.queued() == 1 or call.done())
+            queued = not call.done()
+        await call
+        return queued
+
+    async def read_it(uow: UnitOfWork) -> None:
+        async with uow.for_caller(ALICE):
+            await uow.execute(select(lead_rows.c.version)
+                              .where(lead_rows.c.lead_id == lead.lead_id))
+            await uow.commit()
+
+    await in_one_group(server, [create_lead(stub), create_lead(stub)])  # both held back
+    assert await second_call_queues()
+    await in_one_group(server, [server.runtime.units.attempt(read_it, time_remaining=10)])
+    assert not await second_call_queues()
