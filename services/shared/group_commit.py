@@ -426,7 +426,10 @@ async def _commit(group: _Group) -> None:
     if group.held:
         await _flush(group, commit=True)
     else:
-        await sql.batch(group.conn, group.after, commit=True)
+        # Not the scope named last: its member sent nothing and is gone (it failed,
+        # refused or replayed), and its riders (a key's claim) are not the group's.
+        await sql.send(group.conn, [(sql.postgres_sql(statement, params), params)
+                                    for statement, params in group.after], commit=True)
 
 
 async def _flush(group: _Group, *, commit: bool = False) -> None:

@@ -28,10 +28,11 @@ from services.leads.adapters import leads as lead_rows
 from services.leads.adapters import status_changes
 from services.leads.bootstrap import SPEC as LEADS
 from services.leads.domain import Lead, LeadStatus
-from services.shared import group_commit, sql
+from services.shared import errors, group_commit, sql
 from services.shared.auth import Caller
 from services.shared.clients import idempotency, new_key
 from services.shared.db import utcnow
+from services.shared.idempotency import Key
 from services.shared.server import RunningService
 from services.shared.uow import ConcurrentChange, UnitOfWork
 from tests.integration.conftest import create_lead, move
@@ -464,3 +465,39 @@ async def test_one_lane_while_the_last_group_was_all_held_back_two_after_one_tha
     assert await second_call_queues()
     await in_one_group(server, [server.runtime.units.attempt(read_it, time_remaining=10)])
     assert not await second_call_queues()
+
+
+async def test_what_a_last_member_left_unsent_does_not_ride_with_the_commit(
+    server: RunningService, stub: Stub,
+) -> None:
+    # The last member claims a key ahead (its claim to ride with its next statement)
+    # and then refuses before sending anything: its claim is not the group's. Here it
+    # would fail (the key is done, and the process has forgotten it), and with it the
+    # COMMIT, and the member before it would run again.
+    lead = await create_lead(stub)
+    key = new_key()
+    await create_lead(stub, key=key)
+    server.runtime.storage.keys._remembered.clear()
+    runs: list[int] = []
+
+    async def read_it(uow: UnitOfWork) -> None:
+        async with uow.for_caller(ALICE):
+            runs.append(1)
+            await uow.execute(select(lead_rows.c.version)
+                              .where(lead_rows.c.lead_id == lead.lead_id))
+            await uow.commit()
+
+    async def refuse(uow: UnitOfWork) -> None:
+        async with uow.for_caller(ALICE):
+            await uow.keys.claim(Key("/crm.leads.v1.LeadsService/CreateLead", key, None))
+            raise errors.InvalidArgument("refused before sending anything")
+
+    async with Hold(server) as hold:
+        reader = asyncio.ensure_future(server.runtime.units.attempt(read_it, time_remaining=10))
+        await until(lambda: hold.queued() == 1)
+        refused = asyncio.ensure_future(server.runtime.units.attempt(refuse, time_remaining=10))
+        await until(lambda: hold.queued() == 2)
+    await reader
+    with pytest.raises(errors.InvalidArgument):
+        await refused
+    assert len(runs) == 1  # its group committed the first time
